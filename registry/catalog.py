@@ -1,0 +1,155 @@
+"""The registry's read side: resolve what a client names (id or alias) to an enabled model or voice.
+
+Called from async services; each function does its ORM reads with the async query API and
+returns frozen specs, so no model instance or queryset ever reaches a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.conf import settings
+
+from registry.auth import check_model_allowed, may_use
+from registry.engines.base import EngineSpec, VoiceSpec
+from registry.errors import InvalidRequest, ModelNotFound
+from registry.models import ApiKey, SpeechModel, SpeechToTextModel, TextToSpeechModel, Upstream, Voice
+
+Task = Literal["stt", "tts"]
+_MODEL_CLASSES: dict[Task, type[SpeechModel]] = {"stt": SpeechToTextModel, "tts": TextToSpeechModel}
+_TASK_WORDS = {"stt": "speech-to-text", "tts": "text-to-speech"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    model_id: str
+    task: Task
+    spec: EngineSpec
+    idle_ttl: int
+    names: tuple[str, ...]  # the id, then its aliases
+    pk: int
+
+
+def engine_spec(row: SpeechModel) -> EngineSpec:
+    return EngineSpec(
+        model_id=row.model_id,
+        engine=row.engine,
+        source=row.source,
+        device=row.device,
+        compute_type=row.compute_type,
+        download_root=str(settings.VOICEPROXY_MODELS_DIR),
+    )
+
+
+def resolved(row: SpeechModel) -> ResolvedModel:
+    return ResolvedModel(
+        model_id=row.model_id,
+        task=row.task,  # type: ignore[arg-type]
+        spec=engine_spec(row),
+        idle_ttl=row.idle_ttl if row.idle_ttl is not None else settings.VOICEPROXY_MODEL_TTL,
+        names=(row.model_id, *row.aliases),
+        pk=row.pk,
+    )
+
+
+def _named(row: SpeechModel, name: str) -> bool:
+    return name == row.model_id or name in (row.aliases or [])
+
+
+async def model_for(
+    *, task: Task, api_key: ApiKey | None, name: str | None, param: str = "model"
+) -> ResolvedModel:
+    """The enabled model of `task` that `name` names, or the task's default when name is empty.
+
+    Raises ModelNotFound (unknown, disabled, or no default), InvalidRequest (a model of the
+    other task) and PermissionDenied (outside the key's model list).
+    """
+    cls = _MODEL_CLASSES[task]
+    if not name:
+        row = await cls.objects.filter(enabled=True, is_default=True).afirst()
+        if row is None:
+            raise ModelNotFound(
+                f"No {_TASK_WORDS[task]} model is set as the default; name one in '{param}'.",
+                param=param,
+            )
+    else:
+        row = None
+        async for candidate in cls.objects.filter(enabled=True):
+            if _named(candidate, name):
+                row = candidate
+                break
+        if row is None:
+            other: Task = "tts" if task == "stt" else "stt"
+            async for candidate in _MODEL_CLASSES[other].objects.filter(enabled=True):
+                if _named(candidate, name):
+                    raise InvalidRequest(
+                        f"The model '{name}' is a {_TASK_WORDS[other]} model; this endpoint needs "
+                        f"a {_TASK_WORDS[task]} model.",
+                        param=param,
+                        code="wrong_model_type",
+                    )
+            raise ModelNotFound(f"The model '{name}' does not exist.", param=param)
+    model = resolved(row)
+    check_model_allowed(api_key, [name or model.model_id, *model.names], param=param)
+    return model
+
+
+async def voice_for(*, model: ResolvedModel, name: str, param: str = "voice") -> VoiceSpec:
+    """The model's enabled voice named `name` (its name or an alias). Raises InvalidRequest."""
+    available: list[str] = []
+    async for voice in Voice.objects.filter(model_id=model.pk, enabled=True):
+        if name == voice.name or name in (voice.aliases or []):
+            return VoiceSpec(name=voice.name, source=voice.source, language=voice.language)
+        available.extend([voice.name, *voice.aliases])
+    listed = ", ".join(sorted(available)) or "none registered"
+    raise InvalidRequest(
+        f"The voice '{name}' is not a voice of the model '{model.model_id}' (voices: {listed}).",
+        param=param,
+        code="invalid_voice",
+    )
+
+
+async def default_voice(model: ResolvedModel) -> VoiceSpec | None:
+    voice = await Voice.objects.filter(model_id=model.pk, enabled=True).order_by("pk").afirst()
+    return VoiceSpec(name=voice.name, source=voice.source, language=voice.language) if voice else None
+
+
+def _model_object(model_id: str, created: Any, owned_by: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": int(created.timestamp()),
+        "owned_by": owned_by,
+        **extra,
+    }
+
+
+async def model_objects(api_key: ApiKey | None) -> list[dict[str, Any]]:
+    """Every model this key may use, in OpenAI's model-object shape, aliases included."""
+    objects: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(model_id: str, created: Any, owned_by: str, names: list[str], **extra: Any) -> None:
+        if model_id in seen or not may_use(api_key, names):
+            return
+        seen.add(model_id)
+        objects.append(_model_object(model_id, created, owned_by, **extra))
+
+    for task, cls in _MODEL_CLASSES.items():
+        async for row in cls.objects.filter(enabled=True).order_by("model_id"):
+            names = [row.model_id, *row.aliases]
+            add(row.model_id, row.created, "voiceproxy", names, task=task)
+            for alias in row.aliases:
+                add(alias, row.created, "voiceproxy", names, task=task, alias_of=row.model_id)
+    async for upstream in Upstream.objects.filter(enabled=True).order_by("name"):
+        for name in upstream.chat_models:
+            add(name, upstream.created, upstream.name, [name], task="chat")
+    return objects
+
+
+async def model_object(api_key: ApiKey | None, model_id: str) -> dict[str, Any]:
+    for obj in await model_objects(api_key):
+        if obj["id"] == model_id:
+            return obj
+    raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")

@@ -1,0 +1,37 @@
+"""Engine name -> class, imported on first use.
+
+Importing this package must stay cheap: `migrate`, the admin and model-free tests import it, and
+the engine modules pull in torch, CTranslate2 or onnxruntime. A new engine is one module plus one
+line in each mapping below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import Final, Literal
+
+ENGINES: Final[dict[str, str]] = {
+    "faster-whisper": "registry.engines.whisper.WhisperEngine",
+    "kokoro": "registry.engines.kokoro.KokoroEngine",
+    "piper": "registry.engines.piper.PiperEngine",
+}
+"""Engine name (what `EngineSpec.engine` and the admin store) -> dotted path of its class."""
+
+ENGINE_TASKS: Final[dict[str, Literal["stt", "tts"]]] = {
+    "faster-whisper": "stt",
+    "kokoro": "tts",
+    "piper": "tts",
+}
+"""Which protocol each engine implements: "stt" (SpeechToText) or "tts" (TextToSpeech)."""
+
+
+@cache
+def engine_class(name: str) -> type:
+    """The class for engine `name`, importing its module on the first call.
+
+    Raises KeyError for a name not in ENGINES, and ImportError when the engine's libraries are not
+    installed (a deployment that never uses that engine need not install them).
+    """
+    module_name, _, class_name = ENGINES[name].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,154 @@
+"""faster-whisper (CTranslate2 Whisper) as a SpeechToText engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import ctranslate2
+import faster_whisper
+from faster_whisper.vad import VadOptions
+
+from registry.engines.base import (
+    EngineError,
+    EngineSpec,
+    Samples,
+    Segment,
+    Task,
+    TranscriptionInfo,
+    Word,
+)
+
+logger = logging.getLogger(__name__)
+
+# faster-whisper's own default: start greedy, and fall back to sampling at rising temperatures
+# when a window's output looks like a loop or has a low log-probability.
+_DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when CTranslate2 sees a GPU, else "cpu"; anything else as given."""
+    if device == "auto":
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return device
+
+
+def resolve_compute_type(compute_type: str, device: str) -> str:
+    # int8 on CPU: the published models are float16, which CPUs emulate slowly (faster-whisper's
+    # "default" also warns about it); float16 is the native fast path on GPUs.
+    if compute_type == "auto":
+        return "float16" if device == "cuda" else "int8"
+    return compute_type
+
+
+class WhisperEngine:
+    """One loaded faster-whisper model.
+
+    Source: a directory holding a CTranslate2 Whisper model (model.bin, config.json,
+    tokenizer.json...) or a hub id ("Systran/faster-whisper-small", or a size such as "tiny.en"),
+    downloaded on construction into `download_root` or the Hugging Face cache. Construction
+    blocks (download + load) and raises EngineError when the model cannot be loaded.
+
+    Thread-safe: CTranslate2 queues concurrent `generate` calls on its worker(s), and faster-whisper
+    keeps no per-call state on the model object.
+    """
+
+    sample_rate: int = 16_000
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        compute_type = resolve_compute_type(spec.compute_type, self.device)
+        try:
+            self.model = faster_whisper.WhisperModel(
+                spec.source,
+                device=self.device,
+                compute_type=compute_type,
+                cpu_threads=max(spec.cpu_threads, 0),
+                # Only used for hub ids; a local directory is read in place.
+                download_root=spec.download_root or None,
+            )
+        except Exception as exc:  # hub errors, missing files, unsupported compute types: all one answer
+            kind = "directory" if os.path.isdir(spec.source) else "model"
+            raise EngineError(f"Could not load the Whisper {kind} {spec.source!r}: {exc}") from exc
+        self.multilingual: bool = bool(self.model.model.is_multilingual)
+        self.languages: frozenset[str] = frozenset(self.model.supported_languages)
+        logger.info(
+            "loaded whisper %s on %s (%s, %s)",
+            spec.source,
+            self.device,
+            compute_type,
+            "multilingual" if self.multilingual else "English-only",
+        )
+
+    def transcribe(
+        self,
+        samples: Samples,
+        *,
+        task: Task = "transcribe",
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        word_timestamps: bool = False,
+        vad_filter: bool = False,
+        vad_parameters: dict[str, float] | None = None,
+    ) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        """Start transcribing 16 kHz mono float32 `samples`.
+
+        Blocks for feature extraction, VAD and (with `language=None` on a multilingual model)
+        language detection; the segments are decoded lazily while the iterator is drained, so drain
+        it in the worker thread. Raises EngineError for a language the model does not know, for
+        `task="translate"` on an English-only model, and for unknown VAD parameters.
+        """
+        if language is not None and language not in self.languages:
+            if self.multilingual:
+                raise EngineError(f"Unsupported language {language!r}: this model does not know it.")
+            # faster-whisper would warn and silently transcribe as English instead.
+            raise EngineError(f"Unsupported language {language!r}: this model is English-only.")
+        if task == "translate" and not self.multilingual:
+            raise EngineError("This model is English-only and cannot translate; use a multilingual model.")
+        try:
+            vad_options = VadOptions(**vad_parameters) if vad_parameters else None
+        except TypeError as exc:
+            raise EngineError(f"Unknown VAD parameter: {exc}") from exc
+        segments, info = self.model.transcribe(
+            samples,
+            task=task,
+            language=language,
+            initial_prompt=prompt or None,
+            temperature=_DEFAULT_TEMPERATURES if temperature is None else temperature,
+            word_timestamps=word_timestamps,
+            vad_filter=vad_filter,
+            vad_parameters=vad_options,
+        )
+        return _segments(segments), TranscriptionInfo(
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=float(info.duration),
+        )
+
+
+def _segments(segments: Iterable[faster_whisper.transcribe.Segment]) -> Iterator[Segment]:
+    # A generator, so faster-whisper's own laziness survives the mapping. Numbers go through
+    # float()/int(): word timings come back as numpy scalars, which json cannot serialise.
+    for s in segments:
+        words = None
+        if s.words is not None:
+            words = [
+                Word(start=float(w.start), end=float(w.end), word=w.word, probability=float(w.probability))
+                for w in s.words
+            ]
+        yield Segment(
+            id=int(s.id),
+            seek=int(s.seek),
+            start=float(s.start),
+            end=float(s.end),
+            text=s.text,
+            tokens=[int(t) for t in s.tokens],
+            temperature=float(s.temperature or 0.0),
+            avg_logprob=float(s.avg_logprob),
+            compression_ratio=float(s.compression_ratio),
+            no_speech_prob=float(s.no_speech_prob),
+            words=words,
+        )

@@ -1,0 +1,56 @@
+"""Client API key secrets (hashed, never stored) and upstream keys (encrypted at rest)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
+
+SECRET_PREFIX = "vp-"
+PREFIX_LENGTH = 12  # "vp-" + 9 characters: shown in lists and logs, enough to tell keys apart
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def prefix_of(secret: str) -> str:
+    return secret[:PREFIX_LENGTH]
+
+
+def hash_secret(secret: str) -> str:
+    # The secret has 256 bits of entropy: a plain SHA-256 cannot be brute-forced, and it keeps
+    # the per-request lookup a single indexed query (a slow KDF would cost every request).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secrets_match(secret: str, digest: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), digest)
+
+
+def _fernet() -> Fernet:
+    # A dedicated key derived from SECRET_KEY, so the upstream keys are not encrypted with the
+    # same bytes Django signs sessions with.
+    derived = hashlib.sha256(b"voiceproxy.upstream-key:" + settings.SECRET_KEY.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def encrypt(plaintext: str) -> str:
+    return _fernet().encrypt(plaintext.encode()).decode() if plaintext else ""
+
+
+class UndecryptableKey(Exception):
+    """The stored key was encrypted under another SECRET_KEY."""
+
+
+def decrypt(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return _fernet().decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise UndecryptableKey("the upstream key cannot be decrypted: was SECRET_KEY changed?") from exc

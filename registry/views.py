@@ -1,0 +1,92 @@
+"""/v1/models and /v1/audio/*: one async view per endpoint; services do the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, JsonResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+
+from registry import catalog, formats, stt
+from registry.serializers import TranscriptionParams, TranslationParams, form_to_dict
+
+
+async def form_data(request: Request) -> dict[str, Any]:
+    # Parsing a 25 MB multipart body is real CPU work: keep it off the event loop (default
+    # executor, not the inference pool, whose slots are for models).
+    return form_to_dict(await sync_to_async(lambda: request.data, thread_sensitive=False)())
+
+
+class ModelsView(APIView):
+    @extend_schema(operation_id="listModels", summary="List models", responses={200: dict})
+    async def get(self, request: Request) -> HttpResponse:
+        return JsonResponse({"object": "list", "data": await catalog.model_objects(request.auth)})
+
+
+class ModelView(APIView):
+    @extend_schema(operation_id="retrieveModel", summary="Retrieve a model", responses={200: dict})
+    async def get(self, request: Request, model_id: str) -> HttpResponse:
+        return JsonResponse(await catalog.model_object(request.auth, model_id))
+
+
+def _options(params: dict[str, Any]) -> stt.SttOptions:
+    chunking = params.get("chunking_strategy")
+    vad_parameters: dict[str, float] = {}
+    if chunking and chunking["type"] == "server_vad":
+        # OpenAI's server_vad knobs, mapped onto Silero VAD's (faster-whisper's VadOptions).
+        if "threshold" in chunking:
+            vad_parameters["threshold"] = chunking["threshold"]
+        if "silence_duration_ms" in chunking:
+            vad_parameters["min_silence_duration_ms"] = int(chunking["silence_duration_ms"])
+        if "prefix_padding_ms" in chunking:
+            vad_parameters["speech_pad_ms"] = int(chunking["prefix_padding_ms"])
+    return stt.SttOptions(
+        model=params.get("model") or None,
+        language=params.get("language") or None,
+        prompt=params.get("prompt") or None,
+        temperature=params.get("temperature"),
+        word_timestamps="word" in params.get("timestamp_granularities", []) or bool(params.get("include")),
+        vad_filter=chunking is not None,  # only when asked: never silently
+        vad_parameters=vad_parameters,
+    )
+
+
+class TranscriptionsView(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(operation_id="createTranscription", request=TranscriptionParams, responses={200: dict})
+    async def post(self, request: Request) -> HttpResponse:
+        params = TranscriptionParams(data=await form_data(request))
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        audio_bytes = data["file"].read()
+        options = _options(data)
+        include_logprobs = "logprobs" in data["include"]
+        if data["stream"]:
+            segment_stream = await stt.stream(api_key=request.auth, data=audio_bytes, task="transcribe", options=options)
+            return formats.transcription_stream(segment_stream, include_logprobs=include_logprobs)
+        result = await stt.transcribe(api_key=request.auth, data=audio_bytes, options=options)
+        return formats.transcription_response(
+            result,
+            data["response_format"],
+            granularities=data["timestamp_granularities"],
+            include_logprobs=include_logprobs,
+        )
+
+
+class TranslationsView(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(operation_id="createTranslation", request=TranslationParams, responses={200: dict})
+    async def post(self, request: Request) -> HttpResponse:
+        params = TranslationParams(data=await form_data(request))
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        result = await stt.translate(api_key=request.auth, data=data["file"].read(), options=_options(data))
+        return formats.transcription_response(
+            result, data["response_format"], granularities=[], include_logprobs=False
+        )

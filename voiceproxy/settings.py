@@ -1,0 +1,227 @@
+"""Settings for voiceproxy, read once from the environment.
+
+This module is the only reader of `os.environ`. Every `VOICEPROXY_*` knob has a default and a
+line in README.md. Secrets may come from `NAME_FILE` (a path), as Docker secrets do.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    file_path = os.environ.get(f"{name}_FILE")
+    if file_path:
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={file_path!r} cannot be read: {exc}") from exc
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+DATA_DIR = Path(env_str("VOICEPROXY_DATA_DIR", str(BASE_DIR / "data"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in the data dir.
+
+    Upstream API keys are encrypted with a key derived from it, so it must not change between
+    restarts: a random per-process default would make every stored upstream key unreadable.
+    """
+    configured = env_str("SECRET_KEY")
+    if configured:
+        return configured
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("VOICEPROXY_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in env_str("VOICEPROXY_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in env_str("VOICEPROXY_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "adrf",
+    "drf_spectacular",
+    "registry",
+    "chat",
+]
+
+MIDDLEWARE = [
+    # First, so every /v1/ request gets its id and audit row, whatever fails after it.
+    "registry.audit.AuditMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "voiceproxy.urls"
+ASGI_APPLICATION = "voiceproxy.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'voiceproxy.sqlite3'}"),
+        # Under ASGI each request may run its ORM calls on another thread: persistent
+        # connections would pile up one per thread, so close them after each request.
+        conn_max_age=0,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the audit writes and reads of concurrent requests overlap; the timeout makes
+    # a writer wait for the lock instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
+    )
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# --- the gateway's own knobs (each documented in README.md) ---
+VOICEPROXY_ALLOW_ANONYMOUS = env_bool("VOICEPROXY_ALLOW_ANONYMOUS", False)
+VOICEPROXY_MAX_BODY_BYTES = env_int("VOICEPROXY_MAX_BODY_BYTES", 26 * 1024 * 1024, minimum=1024)
+VOICEPROXY_MAX_AUDIO_BYTES = env_int("VOICEPROXY_MAX_AUDIO_BYTES", 25 * 1024 * 1024, minimum=1024)
+VOICEPROXY_MAX_AUDIO_SECONDS = env_float("VOICEPROXY_MAX_AUDIO_SECONDS", 1800.0, minimum=1.0)
+VOICEPROXY_INFERENCE_THREADS = env_int("VOICEPROXY_INFERENCE_THREADS", 2, minimum=1)
+VOICEPROXY_QUEUE_LIMIT = env_int("VOICEPROXY_QUEUE_LIMIT", 32, minimum=0)
+VOICEPROXY_MODEL_CACHE_SIZE = env_int("VOICEPROXY_MODEL_CACHE_SIZE", 4, minimum=1)
+VOICEPROXY_MODEL_TTL = env_int("VOICEPROXY_MODEL_TTL", 900, minimum=0)
+VOICEPROXY_MODELS_DIR = Path(env_str("VOICEPROXY_MODELS_DIR", str(DATA_DIR / "models")))
+VOICEPROXY_AUDIO_TTL = env_int("VOICEPROXY_AUDIO_TTL", 3600, minimum=60)
+VOICEPROXY_MAX_CHOICES = env_int("VOICEPROXY_MAX_CHOICES", 4, minimum=1)
+VOICEPROXY_MAX_TTS_CHARS = env_int("VOICEPROXY_MAX_TTS_CHARS", 4096, minimum=1)
+VOICEPROXY_LOG_LEVEL = env_str("VOICEPROXY_LOG_LEVEL", "INFO").upper()
+
+# Django refuses larger bodies itself (RequestDataTooBig); our audit middleware answers first
+# with a 413 in the OpenAI shape, from Content-Length.
+DATA_UPLOAD_MAX_MEMORY_SIZE = VOICEPROXY_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = VOICEPROXY_MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["registry.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["registry.auth.HasApiKey"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "registry.errors.drf_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "voiceproxy",
+    "DESCRIPTION": "OpenAI-compatible voice gateway: speech to text, text to speech, voice chat.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/v1",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+    },
+    "filters": {"request_id": {"()": "registry.audit.RequestIdFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}
+    },
+    "root": {"handlers": ["console"], "level": VOICEPROXY_LOG_LEVEL},
+    "loggers": {"django": {"handlers": ["console"], "level": "WARNING", "propagate": False}},
+}

@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularJSONAPIView
+from rest_framework.permissions import AllowAny
+
+from registry import health
+from registry.errors import not_found_view
+
+v1 = [
+    path("", include("registry.urls")),
+    path("", include("chat.urls")),
+    # Public, so clients, SDK generators and fuzzers can read it without a key.
+    path(
+        "openapi.json",
+        SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[AllowAny]),
+        name="openapi",
+    ),
+    # Last: anything else under /v1/ is a 404 in the OpenAI shape, not Django's HTML page.
+    re_path(r"^.*$", not_found_view),
+]
+
+urlpatterns = [
+    path("v1/", include(v1)),
+    path("health", health.health, name="health"),
+    path("health/ready", health.ready, name="ready"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "voiceproxy.views.handler404"
+handler500 = "voiceproxy.views.handler500"
