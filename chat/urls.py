@@ -1,1 +1,7 @@
-urlpatterns: list = []
+from django.urls import path
+
+from chat import views
+
+urlpatterns = [
+    path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+]

@@ -65,6 +65,13 @@ def add_time(name: str, milliseconds: float) -> None:
         record.stats[name] = record.stats.get(name, 0.0) + milliseconds
 
 
+def count(name: str, amount: int = 1) -> None:
+    """Add to a counter field (stt_cache_hits...)."""
+    record = _current.get()
+    if record is not None:
+        record.stats[name] = record.stats.get(name, 0) + amount
+
+
 def add_model(name: str) -> None:
     record = _current.get()
     if record is not None and name not in record.models:

@@ -153,3 +153,20 @@ async def model_object(api_key: ApiKey | None, model_id: str) -> dict[str, Any]:
         if obj["id"] == model_id:
             return obj
     raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
+
+async def voice_objects(api_key: ApiKey | None, *, model: str | None) -> list[dict[str, Any]]:
+    """The enabled voices of the text-to-speech models this key may use (of `model` only, if given)."""
+    if model:
+        models = [await model_for(task="tts", api_key=api_key, name=model)]
+    else:
+        models = [resolved(row) async for row in TextToSpeechModel.objects.filter(enabled=True)]
+        models = [m for m in models if may_use(api_key, list(m.names))]
+    objects: list[dict[str, Any]] = []
+    for m in models:
+        async for voice in Voice.objects.filter(model_id=m.pk, enabled=True).order_by("name"):
+            objects.append(
+                {"id": voice.name, "object": "voice", "model": m.model_id, "name": voice.name,
+                 "language": voice.language, "aliases": list(voice.aliases)}
+            )
+    return objects

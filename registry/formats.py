@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from registry.engines.base import Segment, Word
 from registry.errors import sse_error_event
 from registry.stt import SegmentStream, Transcript
+from registry.tts import SpeechStream
 
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
@@ -136,6 +138,37 @@ def transcription_stream(stream: SegmentStream, *, include_logprobs: bool) -> St
         if include_logprobs:
             done["logprobs"] = logprobs(words)
         yield sse(done)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def speech_response(speech: SpeechStream, *, stream_format: str, characters: int) -> StreamingHttpResponse:
+    """The audio body, streamed chunk by chunk; or SSE `speech.audio.delta` events then `speech.audio.done`."""
+    if stream_format == "audio":
+        response = StreamingHttpResponse(speech.chunks, content_type=speech.content_type)
+        response["Cache-Control"] = "no-cache"
+        return response
+
+    async def events() -> AsyncIterator[bytes]:
+        count = 0
+        try:
+            async for data in speech.chunks:
+                count += 1
+                yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+        except Exception as exc:
+            yield sse_error_event(exc)
+            return
+        # OpenAI counts tokens; our engines have none, so input counts characters and output the
+        # audio chunks sent (documented in README).
+        yield sse(
+            {
+                "type": "speech.audio.done",
+                "usage": {"input_tokens": characters, "output_tokens": count, "total_tokens": characters + count},
+            }
+        )
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

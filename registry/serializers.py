@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.http import QueryDict
 from rest_framework import serializers
 
+from registry.audio import FORMATS as AUDIO_FORMATS
 from registry.formats import TRANSCRIPTION_FORMATS
 
 
@@ -104,3 +106,37 @@ class TranscriptionParams(AudioParams):
 
 class TranslationParams(AudioParams):
     pass
+
+
+class VoiceField(serializers.Field):
+    """A voice name, or `{"id": name}` as OpenAI's custom-voice form."""
+
+    default_error_messages = {"invalid": "Must be a voice name or an object with an 'id'."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, dict):
+            data = data.get("id")
+        if not isinstance(data, str) or not data.strip():
+            self.fail("invalid")
+        return data.strip()
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class SpeechParams(serializers.Serializer):
+    model = serializers.CharField(required=False, allow_blank=True, default="")
+    input = serializers.CharField(trim_whitespace=False)
+    voice = VoiceField()
+    response_format = serializers.ChoiceField(choices=list(AUDIO_FORMATS), required=False, default="mp3")
+    speed = serializers.FloatField(required=False, default=1.0, min_value=0.25, max_value=4.0)
+    instructions = serializers.CharField(required=False, allow_blank=True, default="", max_length=4096)
+    stream_format = serializers.ChoiceField(choices=["audio", "sse"], required=False, default="audio")
+
+    def validate_input(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The input must not be empty.")
+        limit = settings.VOICEPROXY_MAX_TTS_CHARS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"The input is {len(value)} characters; the limit is {limit}.")
+        return value

@@ -8,11 +8,11 @@ from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 
-from registry import catalog, formats, stt
-from registry.serializers import TranscriptionParams, TranslationParams, form_to_dict
+from registry import catalog, formats, stt, tts
+from registry.serializers import SpeechParams, TranscriptionParams, TranslationParams, form_to_dict
 
 
 async def form_data(request: Request) -> dict[str, Any]:
@@ -90,3 +90,25 @@ class TranslationsView(APIView):
         return formats.transcription_response(
             result, data["response_format"], granularities=[], include_logprobs=False
         )
+
+
+class SpeechView(APIView):
+    parser_classes = [JSONParser]
+
+    @extend_schema(operation_id="createSpeech", request=SpeechParams, responses={200: bytes})
+    async def post(self, request: Request) -> HttpResponse:
+        params = SpeechParams(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        voicing = await tts.voicing(
+            api_key=request.auth, model=data["model"] or None, voice=data["voice"], speed=data["speed"]
+        )
+        speech = await tts.speak(v=voicing, text=data["input"], response_format=data["response_format"])
+        return formats.speech_response(speech, stream_format=data["stream_format"], characters=len(data["input"]))
+
+
+class VoicesView(APIView):
+    @extend_schema(operation_id="listVoices", summary="List voices, per model", responses={200: dict})
+    async def get(self, request: Request) -> HttpResponse:
+        voices = await catalog.voice_objects(request.auth, model=request.query_params.get("model") or None)
+        return JsonResponse({"object": "list", "data": voices})

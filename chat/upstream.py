@@ -1,0 +1,209 @@
+"""The upstream LLM: routing a chat model to its Upstream, and calling it with httpx.
+
+One `httpx.AsyncClient` per upstream configuration, made on first use and kept (connection reuse;
+nothing heavy at import, and daphne has no lifespan hooks). Every failure becomes an OpenAIError:
+unreachable 502, timeout 504, an upstream 4xx passed through with its status and message, a 5xx
+502. The upstream key is injected here and scrubbed from anything the upstream says back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from registry import audit
+from registry.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout
+from registry.keys import UndecryptableKey
+from registry.models import Upstream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An upstream, resolved for one request: no ORM object leaves the request's code."""
+
+    name: str
+    base_url: str
+    api_key: str
+    timeout: float
+
+    def __repr__(self) -> str:  # never the key
+        return f"Target({self.name!r}, {self.base_url!r})"
+
+
+_clients: dict[tuple[str, float], httpx.AsyncClient] = {}
+
+
+def _client(target: Target) -> httpx.AsyncClient:
+    key = (target.base_url, target.timeout)
+    client = _clients.get(key)
+    if client is None or client.is_closed:
+        client = _clients[key] = httpx.AsyncClient(
+            timeout=httpx.Timeout(target.timeout, connect=min(10.0, target.timeout)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+    return client
+
+
+async def route(model: str) -> Target:
+    """The enabled upstream that lists `model`, else the default upstream. Raises ModelNotFound."""
+    chosen: Upstream | None = None
+    default: Upstream | None = None
+    async for upstream in Upstream.objects.filter(enabled=True):
+        if model in upstream.chat_models:
+            chosen = upstream
+            break
+        if upstream.is_default:
+            default = upstream
+    chosen = chosen or default
+    if chosen is None:
+        raise ModelNotFound(f"The model '{model}' does not exist: no upstream serves it.", param="model")
+    try:
+        api_key = chosen.get_api_key()
+    except UndecryptableKey as exc:
+        logger.error("upstream %s: %s", chosen.name, exc)
+        raise UpstreamError(f"The upstream '{chosen.name}' is misconfigured: its API key cannot be read.") from exc
+    audit.note(upstream=chosen.name)
+    return Target(name=chosen.name, base_url=chosen.base_url.rstrip("/"), api_key=api_key, timeout=chosen.timeout)
+
+
+def scrub(text: str, target: Target) -> str:
+    """The upstream's words without its key, should it echo it back (OpenAI's 401s quote it)."""
+    if target.api_key and len(target.api_key) >= 4:
+        text = text.replace(target.api_key, "[upstream key]")
+        text = text.replace(target.api_key[:12], "[upstream key]") if len(target.api_key) > 16 else text
+    return text
+
+
+def _headers(target: Target) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    record = audit.current()
+    if record is not None:
+        headers["X-Request-Id"] = record.request_id
+    return headers
+
+
+def _error_from(response_body: bytes, status: int, target: Target) -> OpenAIError:
+    try:
+        error = json.loads(response_body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        message = scrub(str(error.get("message") or "").strip(), target) or f"HTTP {status}"
+        param, code, kind = error.get("param"), error.get("code"), error.get("type")
+    else:
+        message = scrub(response_body[:300].decode(errors="replace").strip(), target) or f"HTTP {status}"
+        param, code, kind = None, None, None
+    if 400 <= status < 500:
+        headers = {}
+        return OpenAIError(
+            message, status=status, type=kind or "invalid_request_error", param=param,
+            code=str(code) if code is not None else None, headers=headers,
+        )
+    return UpstreamError(f"The upstream '{target.name}' failed with HTTP {status}: {message}")
+
+
+def _transport_error(exc: httpx.HTTPError, target: Target) -> OpenAIError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"The upstream '{target.name}' did not answer within {target.timeout:g} s.")
+    return UpstreamError(f"The upstream '{target.name}' could not be reached ({type(exc).__name__}).")
+
+
+async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /chat/completions without streaming; returns the upstream's JSON."""
+    try:
+        response = await _client(target).post(
+            f"{target.base_url}/chat/completions", json=body, headers=_headers(target)
+        )
+    except httpx.HTTPError as exc:
+        raise _transport_error(exc, target) from exc
+    audit.note(upstream_status=response.status_code)
+    if response.status_code >= 400:
+        raise _error_from(response.content, response.status_code, target)
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise UpstreamError(f"The upstream '{target.name}' answered with something that is not JSON.") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError(f"The upstream '{target.name}' answered without choices.")
+    return data
+
+
+class Events:
+    """The `data:` payloads of an upstream SSE stream: dicts, or the raw line with `raw=True`."""
+
+    def __init__(self, response: httpx.Response, target: Target) -> None:
+        self.response = response
+        self.target = target
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each `data:` payload as text, up to `[DONE]`. Raises UpstreamError on a cut or error event."""
+        done = False
+        try:
+            async for line in self.response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    return
+                if payload.startswith('{"error"'):
+                    error = json.loads(payload)["error"]
+                    raise UpstreamError(
+                        f"The upstream '{self.target.name}' failed mid-stream: "
+                        f"{scrub(str(error.get('message', error)), self.target)}"
+                    )
+                yield payload
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.target) from exc
+        finally:
+            if not done and not self.response.is_closed:
+                await self.response.aclose()
+        if not done:
+            raise UpstreamError(f"The upstream '{self.target.name}' ended the stream before it was complete.")
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        async for payload in self.lines():
+            try:
+                chunk = json.loads(payload)
+            except ValueError as exc:
+                raise UpstreamError(f"The upstream '{self.target.name}' sent a malformed stream event.") from exc
+            if isinstance(chunk, dict):
+                yield chunk
+
+
+@asynccontextmanager
+async def stream(target: Target, body: dict[str, Any]) -> AsyncIterator[Events]:
+    """Open a streaming completion; errors before the first event are raised here, as plain errors.
+
+    Leaving the block (normally, by error, or because the client went away and the task was
+    cancelled) closes the upstream response, which stops the upstream's generation.
+    """
+    client = _client(target)
+    request = client.build_request(
+        "POST", f"{target.base_url}/chat/completions", json=body, headers=_headers(target)
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise _transport_error(exc, target) from exc
+    try:
+        audit.note(upstream_status=response.status_code)
+        if response.status_code >= 400:
+            try:
+                content = await response.aread()
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, target) from exc
+            raise _error_from(content, response.status_code, target)
+        yield Events(response, target)
+    finally:
+        await response.aclose()
