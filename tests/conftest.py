@@ -159,6 +159,7 @@ def registry(registry_file: Path) -> Path:
 @pytest.fixture(scope="session")
 def gateway(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(server_env(), tmp_path_factory.mktemp("daphne") / "daphne.log")
+    _servers.append(server)
     yield server
     server.stop()
 
@@ -203,3 +204,15 @@ def http(gateway: Server, api_key: Key) -> Iterator[httpx.Client]:
         base_url=gateway.url, headers={"Authorization": f"Bearer {api_key.secret}"}, timeout=60
     ) as session:
         yield session
+
+
+_servers: list[Server] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # A failing test shows the server's side of the story: the tail of the daphne log.
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _servers:
+        report.sections.append(("daphne log (tail)", "\n".join(_servers[0].log().splitlines()[-80:])))

@@ -1,0 +1,368 @@
+"""/v1/chat/completions with audio in and out, through the official SDK, against a real loopback upstream."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import wave
+
+import httpx
+import openai
+import pytest
+
+from registry.models import RequestLog, Upstream
+from tests.speech import speech
+from tests.wer import wer
+
+QUESTION = "What is the weather like in Paris today?"
+REPLY = "The sky is clear over Paris. It will be warm and sunny this afternoon. Enjoy your walk by the river."
+WER_BOUND = 0.25  # Piper -> tiny.en round trips measured at 0 to 10 percent
+UPSTREAM_KEY = "sk-upstream-SECRET-never-shown"
+
+
+@pytest.fixture(autouse=True)
+def fresh_upstream(upstream):
+    upstream.reset()
+    upstream.reply = REPLY
+    yield upstream
+    upstream.reset()
+
+
+def audio_message(text: str = QUESTION, fmt: str = "wav") -> dict:
+    data = base64.b64encode(speech(text, f".{fmt}")).decode()
+    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": fmt}}]}
+
+
+def pcm16_to_wav(pcm: bytes, rate: int = 24000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def transcribe(client, data: bytes, name: str = "reply.wav") -> str:
+    return client.audio.transcriptions.create(model="whisper-1", file=(name, data)).text
+
+
+def row_for(raw_headers) -> RequestLog:
+    request_id = raw_headers["x-request-id"]
+    for _ in range(50):  # a streamed response's row is written after its last byte
+        row = RequestLog.objects.filter(request_id=request_id).first()
+        if row is not None:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"no audit row for {request_id}")
+
+
+def test_spoken_reply_to_spoken_question(client, upstream):
+    raw = client.chat.completions.with_raw_response.create(
+        model="echo-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        messages=[audio_message()],
+    )
+    completion = raw.parse()
+    message = completion.choices[0].message
+    assert message.content is None
+    assert message.audio.id.startswith("audio_")
+    assert message.audio.expires_at > time.time()
+    # echo-model replies with the user's text: the transcript of our question reached the upstream.
+    assert wer(QUESTION, message.audio.transcript) <= WER_BOUND
+    assert wer(message.audio.transcript, transcribe(client, base64.b64decode(message.audio.data))) <= WER_BOUND
+    sent = upstream.last_request["json"]
+    assert sent["messages"][0]["content"][0]["type"] == "text"
+    assert not {"modalities", "audio", "transcription_model", "speech_model"} & set(sent)
+    assert upstream.last_request["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert completion.usage.total_tokens > 0
+    row = row_for(raw.headers)
+    assert row.status_code == 200 and row.upstream == "loopback" and row.upstream_status == 200
+    assert row.stt_ms > 0 and row.llm_ms > 0 and row.tts_ms > 0 and row.audio_seconds_in > 1
+    assert row.audio_seconds_out > 1 and row.usage["total_tokens"] == completion.usage.total_tokens
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac", "opus", "aac", "pcm16"])
+def test_every_audio_out_format_decodes(client, fmt):
+    import av
+
+    completion = client.chat.completions.create(
+        model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": fmt},
+        messages=[{"role": "user", "content": "Say something."}],
+    )
+    data = base64.b64decode(completion.choices[0].message.audio.data)
+    if fmt == "pcm16":
+        seconds = len(data) / 2 / 24000
+    else:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.audio[0]
+            seconds = sum(f.samples for f in container.decode(stream)) / stream.rate
+    assert 3 < seconds < 15
+
+
+def test_client_key_is_never_forwarded_and_unknown_parameters_are(client, upstream, api_key):
+    client.chat.completions.create(
+        model="fake-llm", messages=[{"role": "user", "content": "hi"}], seed=7, temperature=0.3, max_tokens=50,
+        stop=["\n\n"], user="u-1", metadata={"k": "v"}, extra_body={"custom_knob": {"a": 1}},
+    )
+    request = upstream.last_request
+    assert api_key.secret not in json.dumps(request["headers"])
+    body = request["json"]
+    assert body["seed"] == 7 and body["temperature"] == 0.3 and body["max_tokens"] == 50
+    assert body["stop"] == ["\n\n"] and body["user"] == "u-1" and body["metadata"] == {"k": "v"}
+    assert body["custom_knob"] == {"a": 1}
+
+
+def test_text_only_requests_pass_through_streaming_included(client, upstream):
+    text = client.chat.completions.create(model="fake-llm", messages=[{"role": "user", "content": "hi"}])
+    assert text.choices[0].message.content == REPLY
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="fake-llm", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices]
+    assert "".join(pieces) == REPLY and len(pieces) > 5
+
+
+def collect_stream(client, **kwargs):
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    audio, transcript, finish_at, last_audio_at, final = b"", "", None, None, None
+    for i, chunk in enumerate(chunks):
+        for choice in chunk.choices:
+            delta_audio = choice.delta.audio
+            if delta_audio is not None:
+                if delta_audio.data:
+                    audio += base64.b64decode(delta_audio.data)
+                    last_audio_at = i
+                if delta_audio.transcript:
+                    transcript += delta_audio.transcript
+                if delta_audio.expires_at:
+                    final = (i, delta_audio)
+            if choice.finish_reason:
+                finish_at = i
+    return chunks, audio, transcript, finish_at, last_audio_at, final
+
+
+def test_streamed_spoken_reply(client):
+    chunks, audio, transcript, finish_at, last_audio_at, final = collect_stream(
+        client, model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+        messages=[audio_message()], stream_options={"include_usage": True},
+    )
+    assert transcript == REPLY
+    assert len(audio) % 2 == 0 and len(audio) / 2 / 24000 > 3
+    assert wer(REPLY, transcribe(client, pcm16_to_wav(audio))) <= WER_BOUND
+    assert finish_at is not None and last_audio_at < finish_at
+    assert final is not None and final[0] < finish_at and final[0] > last_audio_at  # the last audio delta
+    assert final[1].id.startswith("audio_")
+    usage = [c for c in chunks if not c.choices]
+    assert len(usage) == 1 and usage[0].usage.total_tokens > 0 and chunks[-1] is usage[0]
+
+
+def test_usage_chunk_only_when_asked(client, upstream):
+    chunks, *_ = collect_stream(
+        client, model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert all(c.choices for c in chunks)
+    assert upstream.last_request["json"]["stream_options"]["include_usage"] is True  # for the audit log
+
+
+def test_first_audio_leaves_before_the_reply_is_complete(client, upstream):
+    upstream.token_delay = 0.05
+    first_audio = last_transcript = None
+    for i, chunk in enumerate(client.chat.completions.create(
+        model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+        messages=[{"role": "user", "content": "hi"}], stream=True,
+    )):
+        for choice in chunk.choices:
+            if choice.delta.audio and choice.delta.audio.data and first_audio is None:
+                first_audio = i
+            if choice.delta.audio and choice.delta.audio.transcript:
+                last_transcript = i
+    assert first_audio is not None and first_audio < last_transcript
+
+
+def test_streamed_audio_must_be_pcm16(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+            messages=[{"role": "user", "content": "hi"}], stream=True,
+        )
+    assert caught.value.body["param"] == "audio.format"
+
+
+def test_multi_turn_by_audio_id(client, upstream):
+    first = client.chat.completions.create(
+        model="fake-llm", modalities=["text", "audio"], audio={"voice": {"id": "joe"}, "format": "mp3"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    audio_id = first.choices[0].message.audio.id
+    client.chat.completions.create(
+        model="fake-llm",
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": audio_id}},
+                  {"role": "user", "content": "and then?"}],
+    )
+    assert upstream.last_request["json"]["messages"][1] == {"role": "assistant", "content": REPLY}
+
+
+def test_unknown_audio_id_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="fake-llm",
+            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_nope"}}],
+        )
+    assert caught.value.code == "invalid_audio_id" and caught.value.body["param"] == "messages[1].audio.id"
+
+
+def test_resent_audio_is_not_transcribed_again(client):
+    message = audio_message("Remember the milk and the eggs please.")
+    first = client.chat.completions.with_raw_response.create(model="fake-llm", messages=[message])
+    second = client.chat.completions.with_raw_response.create(model="fake-llm", messages=[message])
+    assert row_for(first.headers).stt_cache_hits == 0 and row_for(first.headers).stt_ms > 0
+    row = row_for(second.headers)
+    assert row.stt_cache_hits == 1 and not row.stt_ms
+
+
+def test_n_2_speaks_each_choice(client, upstream):
+    upstream.replies = ["The first answer is short.", "The second answer is different."]
+    completion = client.chat.completions.create(
+        model="fake-llm", n=2, modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert len(completion.choices) == 2
+    for choice, expected in zip(completion.choices, upstream.replies, strict=True):
+        assert choice.message.audio.transcript == expected
+        assert wer(expected, transcribe(client, base64.b64decode(choice.message.audio.data))) <= WER_BOUND
+    assert completion.choices[0].message.audio.id != completion.choices[1].message.audio.id
+
+
+def test_tool_calls_are_returned_unspoken(client):
+    completion = client.chat.completions.create(
+        model="tool-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    )
+    message = completion.choices[0].message
+    assert message.audio is None and message.tool_calls[0].function.name == "get_weather"
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_text_beside_tool_calls_is_spoken(client):
+    completion = client.chat.completions.create(
+        model="tool-text-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "weather?"}],
+    )
+    message = completion.choices[0].message
+    assert message.audio.transcript == "Let me check the weather." and message.tool_calls
+
+
+def test_streamed_tool_calls_pass_through(client):
+    chunks, audio, *_ = collect_stream(
+        client, model="tool-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+        messages=[{"role": "user", "content": "weather?"}, {"role": "tool", "tool_call_id": "x", "content": "sunny"}],
+    )
+    calls = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
+    assert calls and calls[0].function.name == "get_weather" and audio == b""
+
+
+def test_upstream_4xx_passes_through(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="error-400", messages=[{"role": "user", "content": "hi"}])
+    assert "bad thing from upstream" in caught.value.message and caught.value.code == "upstream_bad"
+
+
+def test_upstream_unreachable_is_502_and_timeout_504(client):
+    Upstream.objects.update_or_create(
+        name="dead", defaults={"base_url": "http://127.0.0.1:9/v1", "chat_models": ["dead-llm"], "timeout": 2}
+    )
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="dead-llm", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="slow-model", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 504 and "3 s" in caught.value.message
+
+
+@pytest.mark.parametrize("model", ["cut-stream", "stream-error"])
+def test_a_stream_cut_upstream_ends_with_an_error_event(client, model):
+    with pytest.raises(openai.APIError) as caught:
+        list(client.chat.completions.create(
+            model=model, modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+            messages=[{"role": "user", "content": "hi"}], stream=True,
+        ))
+    assert "upstream" in str(caught.value.message).lower()
+
+
+def test_client_disconnect_stops_the_upstream(gateway, api_key, upstream):
+    upstream.token_delay = 0.1
+    upstream.reply = " ".join(["This is a long sentence that keeps going."] * 30)
+    body = {"model": "fake-llm", "stream": True, "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"}, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {api_key.secret}"}, timeout=30) as response:
+        request_id = response.headers["x-request-id"]
+        next(response.iter_bytes())
+    assert upstream.wait_for(lambda requests: requests and requests[-1]["disconnected"], timeout=10)
+    row = row_for({"x-request-id": request_id})
+    assert row.client_disconnected and row.streamed
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "fake-llm", "messages": "hi"}, 400, "messages"),
+        ({"model": "fake-llm", "messages": []}, 400, "messages"),
+        ({"model": "fake-llm", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": "fake-llm", "n": 10, "messages": [{"role": "user", "content": "x"}]}, 400, "n"),
+        ({"model": "fake-llm", "modalities": ["text", "audio"], "messages": [{"role": "user", "content": "x"}]},
+         400, "audio"),
+        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "ogg"},
+          "messages": [{"role": "user", "content": "x"}]}, 400, "audio.format"),
+        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "nobody", "format": "pcm16"},
+          "messages": [{"role": "user", "content": "x"}]}, 400, "audio.voice"),
+        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
+          "speech_model": "no-such-tts", "messages": [{"role": "user", "content": "x"}]}, 404, "speech_model"),
+        ({"model": "fake-llm", "transcription_model": "tts-1", "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
+         400, "transcription_model"),
+        ({"model": "fake-llm", "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "ogg"}}]}]},
+         400, "messages[0].content[0].input_audio.format"),
+        ({"model": "fake-llm", "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]},
+         400, "messages[0].content[0].input_audio.data"),
+        ({"model": "fake-llm", "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {
+                "data": base64.b64encode(b"not audio at all" * 50).decode(), "format": "wav"}}]}]},
+         400, "messages[0].content[0].input_audio.data"),
+    ],
+)
+def test_bad_requests_are_clear_errors_before_the_stream(http, body, status, param):
+    for stream in (False, True):
+        response = http.post("/v1/chat/completions", json={**body, "stream": stream})
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["param"] == param, error
+        row = RequestLog.objects.get(request_id=response.headers["x-request-id"])
+        assert row.status_code == status and row.error_message == error["message"]
+
+
+def test_malformed_json_is_a_400(http):
+    response = http.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_body"
+
+
+def test_unsupported_content_type_is_a_415(http):
+    response = http.post("/v1/chat/completions", content=b"hi", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_upstream_key_never_leaks(client, gateway):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="error-401", messages=[{"role": "user", "content": "hi"}])
+    assert UPSTREAM_KEY not in caught.value.response.text
+    assert UPSTREAM_KEY not in gateway.log()
+    assert UPSTREAM_KEY not in json.dumps(list(RequestLog.objects.values()), default=str)
+    assert UPSTREAM_KEY not in json.dumps(client.models.list().model_dump())
+    assert UPSTREAM_KEY.encode() not in b"".join(
+        r.encode() for r in Upstream.objects.values_list("api_key_encrypted", flat=True)
+    )
