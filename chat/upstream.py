@@ -69,9 +69,13 @@ async def route(model: str) -> Target:
         api_key = chosen.get_api_key()
     except UndecryptableKey as exc:
         logger.error("upstream %s: %s", chosen.name, exc)
-        raise UpstreamError(f"The upstream '{chosen.name}' is misconfigured: its API key cannot be read.") from exc
+        raise UpstreamError(
+            f"The upstream '{chosen.name}' is misconfigured: its API key cannot be read."
+        ) from exc
     audit.note(upstream=chosen.name)
-    return Target(name=chosen.name, base_url=chosen.base_url.rstrip("/"), api_key=api_key, timeout=chosen.timeout)
+    return Target(
+        name=chosen.name, base_url=chosen.base_url.rstrip("/"), api_key=api_key, timeout=chosen.timeout
+    )
 
 
 def scrub(text: str, target: Target) -> str:
@@ -106,8 +110,12 @@ def _error_from(response_body: bytes, status: int, target: Target) -> OpenAIErro
     if 400 <= status < 500:
         headers = {}
         return OpenAIError(
-            message, status=status, type=kind or "invalid_request_error", param=param,
-            code=str(code) if code is not None else None, headers=headers,
+            message,
+            status=status,
+            type=kind or "invalid_request_error",
+            param=param,
+            code=str(code) if code is not None else None,
+            headers=headers,
         )
     return UpstreamError(f"The upstream '{target.name}' failed with HTTP {status}: {message}")
 
@@ -132,7 +140,9 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     try:
         data = response.json()
     except ValueError as exc:
-        raise UpstreamError(f"The upstream '{target.name}' answered with something that is not JSON.") from exc
+        raise UpstreamError(
+            f"The upstream '{target.name}' answered with something that is not JSON."
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamError(f"The upstream '{target.name}' answered without choices.")
     return data
@@ -176,7 +186,9 @@ class Events:
             try:
                 chunk = json.loads(payload)
             except ValueError as exc:
-                raise UpstreamError(f"The upstream '{self.target.name}' sent a malformed stream event.") from exc
+                raise UpstreamError(
+                    f"The upstream '{self.target.name}' sent a malformed stream event."
+                ) from exc
             if isinstance(chunk, dict):
                 yield chunk
 

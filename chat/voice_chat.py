@@ -92,7 +92,9 @@ def _check_messages(messages: Any) -> tuple[list[_AudioPart], list[tuple[int, st
                 raise _invalid(f"{pwhere}: input_audio is only allowed in user messages.", pwhere)
             spec = part.get("input_audio")
             if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
-                raise _invalid(f"{pwhere}.input_audio must hold base64 'data' and a 'format'.", f"{pwhere}.input_audio")
+                raise _invalid(
+                    f"{pwhere}.input_audio must hold base64 'data' and a 'format'.", f"{pwhere}.input_audio"
+                )
             if spec.get("format") not in AUDIO_IN_FORMATS:
                 raise _invalid(
                     f"{pwhere}.input_audio.format must be one of {', '.join(AUDIO_IN_FORMATS)}.",
@@ -102,7 +104,9 @@ def _check_messages(messages: Any) -> tuple[list[_AudioPart], list[tuple[int, st
                 data = base64.b64decode(spec["data"], validate=True)
             except (binascii.Error, ValueError):
                 raise _invalid(
-                    f"{pwhere}.input_audio.data is not valid base64.", f"{pwhere}.input_audio.data", "invalid_audio"
+                    f"{pwhere}.input_audio.data is not valid base64.",
+                    f"{pwhere}.input_audio.data",
+                    "invalid_audio",
                 ) from None
             parts.append(_AudioPart(i, j, data))
     return parts, audio_ids
@@ -113,7 +117,9 @@ def _check_parameters(body: dict[str, Any]) -> tuple[bool, str, Any]:
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _invalid("'model' must be a non-empty string.", "model")
     n = body.get("n", 1)
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= settings.VOICEPROXY_MAX_CHOICES):
+    if n is not None and (
+        not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= settings.VOICEPROXY_MAX_CHOICES
+    ):
         raise _invalid(f"'n' must be an integer from 1 to {settings.VOICEPROXY_MAX_CHOICES}.", "n")
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise _invalid("'stream' must be a boolean.", "stream")
@@ -156,7 +162,10 @@ async def _transcribe(api_key: ApiKey | None, body: dict[str, Any], parts: list[
             return str(cached)
         try:
             result = await stt.run(
-                api_key=api_key, data=part.data, task="transcribe", options=stt.SttOptions(model=model.model_id)
+                api_key=api_key,
+                data=part.data,
+                task="transcribe",
+                options=stt.SttOptions(model=model.model_id),
             )
         except InvalidAudio as exc:
             raise InvalidAudio(
@@ -182,14 +191,20 @@ async def prepare(*, api_key: ApiKey | None, body: Any) -> ChatPlan:
         if speech_model is not None and not isinstance(speech_model, str):
             raise _invalid("'speech_model' must be a string.", "speech_model")
         voicing = await tts.voicing(
-            api_key=api_key, model=speech_model, voice=voice, model_param="speech_model", voice_param="audio.voice"
+            api_key=api_key,
+            model=speech_model,
+            voice=voice,
+            model_param="speech_model",
+            voice_param="audio.voice",
         )
     messages = copy.deepcopy(body["messages"])
     for i, audio_id in audio_ids:
         transcript = await audio_store.transcript(audio_id)
         if transcript is None:
             raise _invalid(
-                f"The audio id '{audio_id}' is unknown or has expired.", f"messages[{i}].audio.id", "invalid_audio_id"
+                f"The audio id '{audio_id}' is unknown or has expired.",
+                f"messages[{i}].audio.id",
+                "invalid_audio_id",
             )
         messages[i].pop("audio", None)
         messages[i]["content"] = transcript
@@ -207,7 +222,12 @@ async def prepare(*, api_key: ApiKey | None, body: Any) -> ChatPlan:
         # Asked for the audit log's token counts; the usage chunk reaches the client only if it asked.
         forward["stream_options"] = {**options, "include_usage": True}
     return ChatPlan(
-        body=forward, target=target, voicing=voicing, audio_format=fmt, stream=stream, include_usage=include_usage
+        body=forward,
+        target=target,
+        voicing=voicing,
+        audio_format=fmt,
+        stream=stream,
+        include_usage=include_usage,
     )
 
 
@@ -217,7 +237,9 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     data = await upstream.complete(plan.target, plan.body)
     audit.note(llm_ms=(time.perf_counter() - started) * 1000, usage=data.get("usage"))
     if plan.voicing is not None:
-        await asyncio.gather(*(_speak_choice(plan, choice) for choice in data["choices"] if isinstance(choice, dict)))
+        await asyncio.gather(
+            *(_speak_choice(plan, choice) for choice in data["choices"] if isinstance(choice, dict))
+        )
     return data
 
 
@@ -229,7 +251,9 @@ async def _speak_choice(plan: ChatPlan, choice: dict[str, Any]) -> None:
     if not isinstance(text, str) or not tts.speakable(text):
         return  # a tool call without text, or nothing speakable: returned as the upstream sent it
     assert plan.voicing is not None  # noqa: S101 - only called when audio is wanted
-    data = await tts.speak_whole(v=plan.voicing, text=text, response_format=AUDIO_OUT_FORMATS[plan.audio_format])
+    data = await tts.speak_whole(
+        v=plan.voicing, text=text, response_format=AUDIO_OUT_FORMATS[plan.audio_format]
+    )
     audio_id, expires_at = audio_store.new_id(), audio_store.expiry()
     await audio_store.save(audio_id, text, expires_at)
     message["content"] = None
@@ -259,7 +283,9 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[bytes]:
     return _SpokenStream(plan, events, stack, started).body()
 
 
-async def _passthrough(events: upstream.Events, stack: AsyncExitStack, started: float) -> AsyncIterator[bytes]:
+async def _passthrough(
+    events: upstream.Events, stack: AsyncExitStack, started: float
+) -> AsyncIterator[bytes]:
     """Text out: the upstream's events, unchanged."""
     first = True
     try:
@@ -328,7 +354,9 @@ class _ChoiceVoice:
                 if isinstance(item, Exception):
                     raise item
                 self.stream.first_audio()
-                await self.stream.put(self.stream.chunk(self.index, {"audio": {"id": self.audio_id, "data": _b64(item)}}))
+                await self.stream.put(
+                    self.stream.chunk(self.index, {"audio": {"id": self.audio_id, "data": _b64(item)}})
+                )
 
     async def finish(self) -> None:
         """Speak what is left, wait until every audio delta is out, then send the closing audio delta."""
@@ -360,7 +388,9 @@ def _b64(data: bytes) -> str:
 class _SpokenStream:
     """Audio out, streamed: transcript deltas as the text arrives, pcm16 deltas as sentences are spoken."""
 
-    def __init__(self, plan: ChatPlan, events: upstream.Events, stack: AsyncExitStack, started: float) -> None:
+    def __init__(
+        self, plan: ChatPlan, events: upstream.Events, stack: AsyncExitStack, started: float
+    ) -> None:
         self.plan = plan
         self.events = events
         self.stack = stack
@@ -372,7 +402,10 @@ class _SpokenStream:
         self._first_audio = False
 
     def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {**self.template, "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}]}
+        return {
+            **self.template,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+        }
 
     async def put(self, chunk: dict[str, Any]) -> None:
         await self.out.put(_sse(chunk))
@@ -396,8 +429,11 @@ class _SpokenStream:
                 if first:
                     audit.note(llm_first_token_ms=(time.perf_counter() - self.started) * 1000)
                     first = False
-                self.template = {k: chunk[k] for k in ("id", "object", "created", "model", "system_fingerprint")
-                                 if k in chunk}
+                self.template = {
+                    k: chunk[k]
+                    for k in ("id", "object", "created", "model", "system_fingerprint")
+                    if k in chunk
+                }
                 choices = chunk.get("choices") or []
                 if not choices:
                     if chunk.get("usage") is not None:
@@ -412,7 +448,9 @@ class _SpokenStream:
                         await self.put(self.chunk(index, delta))
                     if content:
                         voice.text(content)
-                        await self.put(self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}}))
+                        await self.put(
+                            self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}})
+                        )
                     if choice.get("finish_reason"):
                         finishes[index] = self.chunk(index, {}, choice["finish_reason"])
             audit.note(llm_ms=(time.perf_counter() - self.started) * 1000)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.cache import cache
@@ -105,6 +105,4 @@ def may_use(api_key: ApiKey | None, names: list[str]) -> bool:
 
 def check_model_allowed(api_key: ApiKey | None, names: list[str], *, param: str = "model") -> None:
     if not may_use(api_key, names):
-        raise PermissionDenied(
-            f"This API key may not use the model '{names[0]}'.", param=param
-        )
+        raise PermissionDenied(f"This API key may not use the model '{names[0]}'.", param=param)

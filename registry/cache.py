@@ -177,7 +177,10 @@ class ModelCache:
             with self._lock:
                 self._failures.pop(model.model_id, None)
             logger.info(
-                "loaded %s on %s in %.2f s", model.model_id, getattr(engine, "device", "?"), entry.load_seconds
+                "loaded %s on %s in %.2f s",
+                model.model_id,
+                getattr(engine, "device", "?"),
+                entry.load_seconds,
             )
         self._evict_over_capacity(keep=entry)
         return entry.engine

@@ -166,7 +166,13 @@ async def voice_objects(api_key: ApiKey | None, *, model: str | None) -> list[di
     for m in models:
         async for voice in Voice.objects.filter(model_id=m.pk, enabled=True).order_by("name"):
             objects.append(
-                {"id": voice.name, "object": "voice", "model": m.model_id, "name": voice.name,
-                 "language": voice.language, "aliases": list(voice.aliases)}
+                {
+                    "id": voice.name,
+                    "object": "voice",
+                    "model": m.model_id,
+                    "name": voice.name,
+                    "language": voice.language,
+                    "aliases": list(voice.aliases),
+                }
             )
     return objects

@@ -159,7 +159,11 @@ class UpstreamTimeout(OpenAIError):
 
 
 def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None  # noqa: A002
+    message: str,
+    *,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,  # noqa: A002
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

@@ -19,15 +19,59 @@ TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 # verbose_json names the language as OpenAI does ("english"), not by its code.
 LANGUAGE_NAMES = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean",
-    "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan",
-    "nl": "dutch", "ar": "arabic", "sv": "swedish", "it": "italian", "id": "indonesian", "hi": "hindi",
-    "fi": "finnish", "vi": "vietnamese", "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay",
-    "cs": "czech", "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
-    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin",
-    "cy": "welsh", "sk": "slovak", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
-    "sl": "slovenian", "et": "estonian", "mk": "macedonian", "is": "icelandic", "af": "afrikaans",
-    "sw": "swahili", "gl": "galician", "mr": "marathi", "tl": "tagalog", "eu": "basque", "hy": "armenian",
+    "en": "english",
+    "zh": "chinese",
+    "de": "german",
+    "es": "spanish",
+    "ru": "russian",
+    "ko": "korean",
+    "fr": "french",
+    "ja": "japanese",
+    "pt": "portuguese",
+    "tr": "turkish",
+    "pl": "polish",
+    "ca": "catalan",
+    "nl": "dutch",
+    "ar": "arabic",
+    "sv": "swedish",
+    "it": "italian",
+    "id": "indonesian",
+    "hi": "hindi",
+    "fi": "finnish",
+    "vi": "vietnamese",
+    "he": "hebrew",
+    "uk": "ukrainian",
+    "el": "greek",
+    "ms": "malay",
+    "cs": "czech",
+    "ro": "romanian",
+    "da": "danish",
+    "hu": "hungarian",
+    "ta": "tamil",
+    "no": "norwegian",
+    "th": "thai",
+    "ur": "urdu",
+    "hr": "croatian",
+    "bg": "bulgarian",
+    "lt": "lithuanian",
+    "la": "latin",
+    "cy": "welsh",
+    "sk": "slovak",
+    "fa": "persian",
+    "lv": "latvian",
+    "bn": "bengali",
+    "sr": "serbian",
+    "sl": "slovenian",
+    "et": "estonian",
+    "mk": "macedonian",
+    "is": "icelandic",
+    "af": "afrikaans",
+    "sw": "swahili",
+    "gl": "galician",
+    "mr": "marathi",
+    "tl": "tagalog",
+    "eu": "basque",
+    "hy": "armenian",
 }
 
 
@@ -146,7 +190,7 @@ def transcription_stream(stream: SegmentStream, *, include_logprobs: bool) -> St
 
 
 def speech_response(speech: SpeechStream, *, stream_format: str, characters: int) -> StreamingHttpResponse:
-    """The audio body, streamed chunk by chunk; or SSE `speech.audio.delta` events then `speech.audio.done`."""
+    """The audio body streamed, or SSE `speech.audio.delta` events then `speech.audio.done`."""
     if stream_format == "audio":
         response = StreamingHttpResponse(speech.chunks, content_type=speech.content_type)
         response["Cache-Control"] = "no-cache"
@@ -166,7 +210,11 @@ def speech_response(speech: SpeechStream, *, stream_format: str, characters: int
         yield sse(
             {
                 "type": "speech.audio.done",
-                "usage": {"input_tokens": characters, "output_tokens": count, "total_tokens": characters + count},
+                "usage": {
+                    "input_tokens": characters,
+                    "output_tokens": count,
+                    "total_tokens": characters + count,
+                },
             }
         )
 

@@ -10,7 +10,7 @@ import secrets
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 
-SECRET_PREFIX = "vp-"
+SECRET_PREFIX = "vp-"  # noqa: S105 - the public marker of our keys, not a secret
 PREFIX_LENGTH = 12  # "vp-" + 9 characters: shown in lists and logs, enough to tell keys apart
 
 

@@ -25,9 +25,7 @@ class Upstream(models.Model):
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     timeout = models.FloatField(default=60.0, help_text="Seconds to wait for the upstream.")
     enabled = models.BooleanField(default=True)
-    is_default = models.BooleanField(
-        default=False, help_text="Serves chat models no other upstream lists."
-    )
+    is_default = models.BooleanField(default=False, help_text="Serves chat models no other upstream lists.")
     chat_models = models.JSONField(
         default=list, blank=True, help_text='Chat model names routed here, e.g. ["llama3.2:1b"].'
     )

@@ -22,8 +22,19 @@ STARTER_FILE = Path(__file__).with_name("starter.json")
 
 _TOP = {"upstreams", "models"}
 _UPSTREAM = {"name", "base_url", "api_key", "models", "default", "timeout", "enabled"}
-_MODEL = {"id", "task", "engine", "source", "device", "compute_type", "default", "enabled",
-          "aliases", "idle_ttl", "voices"}
+_MODEL = {
+    "id",
+    "task",
+    "engine",
+    "source",
+    "device",
+    "compute_type",
+    "default",
+    "enabled",
+    "aliases",
+    "idle_ttl",
+    "voices",
+}
 _VOICE = {"name", "source", "language", "aliases", "enabled"}
 _REQUIRED = {"upstream": {"name", "base_url"}, "model": {"id", "engine", "source"}, "voice": {"name"}}
 

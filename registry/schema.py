@@ -12,4 +12,8 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
     name = "ApiKeyAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "A voiceproxy API key: `Authorization: Bearer vp-...`."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A voiceproxy API key: `Authorization: Bearer vp-...`.",
+        }

@@ -85,7 +85,9 @@ class TranscriptionParams(AudioParams):
     timestamp_granularities = serializers.ListField(
         child=serializers.ChoiceField(choices=["segment", "word"]), required=False, default=list
     )
-    include = serializers.ListField(child=serializers.ChoiceField(choices=["logprobs"]), required=False, default=list)
+    include = serializers.ListField(
+        child=serializers.ChoiceField(choices=["logprobs"]), required=False, default=list
+    )
     stream = serializers.BooleanField(required=False, default=False)
     chunking_strategy = ChunkingStrategyField(required=False, default=None, allow_null=True)
 
@@ -99,7 +101,9 @@ class TranscriptionParams(AudioParams):
             raise serializers.ValidationError({"include": "include[]=logprobs needs response_format 'json'."})
         if attrs["stream"] and fmt not in ("json", "text"):
             raise serializers.ValidationError(
-                {"stream": "Streaming transcriptions are sent as events; use response_format 'json' or 'text'."}
+                {
+                    "stream": "Streamed transcriptions are events; use response_format 'json' or 'text'."
+                }
             )
         return attrs
 

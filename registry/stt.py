@@ -1,4 +1,4 @@
-"""Speech to text: transcribe() and translate(), whole or streamed, for the audio endpoints and the chat proxy."""
+"""Speech to text: transcribe() and translate(), whole or streamed, for /v1/audio/* and the chat proxy."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def _check(engine: SpeechToText, model: catalog.ResolvedModel, task: Task, optio
         )
 
 
-def _start(engine: SpeechToText, samples: Samples, task: Task, options: SttOptions) -> tuple[Any, TranscriptionInfo]:
+def _start(
+    engine: SpeechToText, samples: Samples, task: Task, options: SttOptions
+) -> tuple[Any, TranscriptionInfo]:
     return engine.transcribe(
         samples,
         task=task,
@@ -114,8 +116,12 @@ async def run(*, api_key: ApiKey | None, data: bytes, task: Task, options: SttOp
     segments, info = await workers.run(work)
     audit.add_time("stt_ms", (time.perf_counter() - started) * 1000)
     return Transcript(
-        task=task, model_id=model.model_id, text=_join(segments), language=info.language,
-        duration=duration, segments=segments,
+        task=task,
+        model_id=model.model_id,
+        text=_join(segments),
+        language=info.language,
+        duration=duration,
+        segments=segments,
     )
 
 

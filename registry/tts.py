@@ -33,10 +33,18 @@ class Voicing:
 
 
 async def voicing(
-    *, api_key: ApiKey | None, model: str | None, voice: str | None, speed: float = 1.0,
-    model_param: str = "model", voice_param: str = "voice",
+    *,
+    api_key: ApiKey | None,
+    model: str | None,
+    voice: str | None,
+    speed: float = 1.0,
+    model_param: str = "model",
+    voice_param: str = "voice",
 ) -> Voicing:
-    """Resolve model and voice names (ids or aliases). Raises ModelNotFound, InvalidRequest, PermissionDenied."""
+    """Resolve model and voice names (ids or aliases).
+
+    Raises ModelNotFound, InvalidRequest and PermissionDenied.
+    """
     resolved = await catalog.model_for(task="tts", api_key=api_key, name=model, param=model_param)
     audit.add_model(resolved.model_id)
     if voice:
@@ -45,7 +53,9 @@ async def voicing(
         default = await catalog.default_voice(resolved)
         if default is None:
             raise InvalidRequest(
-                f"The model '{resolved.model_id}' has no voices registered.", param=voice_param, code="invalid_voice"
+                f"The model '{resolved.model_id}' has no voices registered.",
+                param=voice_param,
+                code="invalid_voice",
             )
         spec = default
     return Voicing(model=resolved, voice=spec, speed=speed)

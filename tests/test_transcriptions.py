@@ -1,4 +1,4 @@
-"""/v1/audio/transcriptions and /v1/audio/translations through the official SDK, on real speech and the real tiny.en."""
+"""/v1/audio/transcriptions and /translations through the official SDK: real speech, the real tiny.en."""
 
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def test_json_transcript_of_known_speech(client):
     assert 2 < row.audio_seconds_in < 8 and row.stt_ms > 0
 
 
-@pytest.mark.parametrize(("container", "codec"), [("mp3", "libmp3lame"), ("ogg", "libopus"), ("flac", "flac"),
-                                                  ("webm", "libopus"), ("ipod", "aac")])
+@pytest.mark.parametrize(
+    ("container", "codec"),
+    [("mp3", "libmp3lame"), ("ogg", "libopus"), ("flac", "flac"), ("webm", "libopus"), ("ipod", "aac")],
+)
 def test_every_common_container_decodes(client, container, codec):
     data = reencode(speech(SENTENCE), container, codec, rate=48000 if codec == "libopus" else 16000)
     result = client.audio.transcriptions.create(model="whisper-1", file=(f"a.{container}", data))
@@ -70,7 +72,8 @@ def test_text_format_is_plain_text(client):
 
 def parse_cues(body: str, separator: str) -> list[tuple[float, float, str]]:
     pattern = re.compile(
-        rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d) --> (\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d)\n(.+)"
+        rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d) --> "
+        rf"(\d\d):(\d\d):(\d\d){re.escape(separator)}(\d\d\d)\n(.+)"
     )
     cues = []
     for m in pattern.finditer(body):
@@ -82,7 +85,9 @@ def parse_cues(body: str, separator: str) -> list[tuple[float, float, str]]:
 
 
 def test_srt_parses_into_ordered_numbered_cues(client):
-    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=upload(), response_format="srt")
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=upload(), response_format="srt"
+    )
     assert raw.headers["content-type"].startswith("text/plain")
     body = raw.text
     blocks = [b for b in body.strip().split("\n\n") if b]
@@ -94,7 +99,9 @@ def test_srt_parses_into_ordered_numbered_cues(client):
 
 
 def test_vtt_is_served_as_text_vtt_and_parses(client):
-    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=upload(), response_format="vtt")
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=upload(), response_format="vtt"
+    )
     assert raw.headers["content-type"].startswith("text/vtt")
     body = raw.text
     assert body.startswith("WEBVTT\n\n")
@@ -105,14 +112,26 @@ def test_vtt_is_served_as_text_vtt_and_parses(client):
 def test_verbose_json_has_openai_fields_and_ordered_words(client):
     data = speech(SENTENCE)
     result = client.audio.transcriptions.create(
-        model="whisper-1", file=("a.wav", data), response_format="verbose_json",
+        model="whisper-1",
+        file=("a.wav", data),
+        response_format="verbose_json",
         timestamp_granularities=["word", "segment"],
     )
     assert result.language == "english"
     assert 2 < result.duration < 8
     assert wer(SENTENCE, result.text) <= WER_BOUND
-    assert result.segments and {"id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-                                "compression_ratio", "no_speech_prob"} <= set(result.segments[0].model_dump())
+    assert result.segments and {
+        "id",
+        "seek",
+        "start",
+        "end",
+        "text",
+        "tokens",
+        "temperature",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
+    } <= set(result.segments[0].model_dump())
     words = result.words
     assert len(words) >= 8
     starts = [w.start for w in words]
@@ -159,32 +178,52 @@ def pad_with_silence(wav: bytes, seconds: float) -> bytes:
 def test_vad_is_applied_only_when_asked(client):
     data = pad_with_silence(speech(SENTENCE), 3.0)
     plain = client.audio.transcriptions.create(
-        model="whisper-1", file=("p.wav", data), response_format="verbose_json", timestamp_granularities=["word"]
+        model="whisper-1",
+        file=("p.wav", data),
+        response_format="verbose_json",
+        timestamp_granularities=["word"],
     )
     vad = client.audio.transcriptions.create(
-        model="whisper-1", file=("p.wav", data), response_format="verbose_json", timestamp_granularities=["word"],
+        model="whisper-1",
+        file=("p.wav", data),
+        response_format="verbose_json",
+        timestamp_granularities=["word"],
         chunking_strategy={"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
     )
     assert wer(SENTENCE, vad.text) <= WER_BOUND
     # Both keep the original timeline; only the VAD run skipped the silence before the speech.
     assert vad.words[0].start >= 2.5
-    auto = client.audio.transcriptions.create(model="whisper-1", file=("p.wav", data), chunking_strategy="auto")
+    auto = client.audio.transcriptions.create(
+        model="whisper-1", file=("p.wav", data), chunking_strategy="auto"
+    )
     assert wer(SENTENCE, auto.text) <= WER_BOUND
     assert plain.text  # without VAD the whole clip is decoded, silence included
 
 
 def test_concurrent_requests_each_get_their_own_transcript(openai_client):
     client = openai_client()
-    texts = [SENTENCE, OTHER, "Call me back tomorrow morning at nine.", "The red car is parked outside the house."]
+    texts = [
+        SENTENCE,
+        OTHER,
+        "Call me back tomorrow morning at nine.",
+        "The red car is parked outside the house.",
+    ]
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda t: client.audio.transcriptions.create(model="whisper-1", file=upload(t)).text, texts))
+        results = list(
+            pool.map(
+                lambda t: client.audio.transcriptions.create(model="whisper-1", file=upload(t)).text, texts
+            )
+        )
     for text, result in zip(texts, results, strict=True):
         assert wer(text, result) <= WER_BOUND, (text, result)
 
 
 def test_prompt_and_temperature_and_language_are_accepted(client):
     result = client.audio.transcriptions.create(
-        model="Systran/faster-whisper-tiny.en", file=upload(), language="en", prompt="Settings, dark mode.",
+        model="Systran/faster-whisper-tiny.en",
+        file=upload(),
+        language="en",
+        prompt="Settings, dark mode.",
         temperature=0.0,
     )
     assert wer(SENTENCE, result.text) <= WER_BOUND

@@ -32,7 +32,10 @@ def fresh_upstream(upstream):
 
 def audio_message(text: str = QUESTION, fmt: str = "wav") -> dict:
     data = base64.b64encode(speech(text, f".{fmt}")).decode()
-    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": fmt}}]}
+    return {
+        "role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": data, "format": fmt}}],
+    }
 
 
 def pcm16_to_wav(pcm: bytes, rate: int = 24000) -> bytes:
@@ -61,7 +64,9 @@ def row_for(raw_headers) -> RequestLog:
 
 def test_spoken_reply_to_spoken_question(client, upstream):
     raw = client.chat.completions.with_raw_response.create(
-        model="echo-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        model="echo-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
         messages=[audio_message()],
     )
     completion = raw.parse()
@@ -71,7 +76,9 @@ def test_spoken_reply_to_spoken_question(client, upstream):
     assert message.audio.expires_at > time.time()
     # echo-model replies with the user's text: the transcript of our question reached the upstream.
     assert wer(QUESTION, message.audio.transcript) <= WER_BOUND
-    assert wer(message.audio.transcript, transcribe(client, base64.b64decode(message.audio.data))) <= WER_BOUND
+    assert (
+        wer(message.audio.transcript, transcribe(client, base64.b64decode(message.audio.data))) <= WER_BOUND
+    )
     sent = upstream.last_request["json"]
     assert sent["messages"][0]["content"][0]["type"] == "text"
     assert not {"modalities", "audio", "transcription_model", "speech_model"} & set(sent)
@@ -88,7 +95,9 @@ def test_every_audio_out_format_decodes(client, fmt):
     import av
 
     completion = client.chat.completions.create(
-        model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": fmt},
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": fmt},
         messages=[{"role": "user", "content": "Say something."}],
     )
     data = base64.b64decode(completion.choices[0].message.audio.data)
@@ -103,8 +112,15 @@ def test_every_audio_out_format_decodes(client, fmt):
 
 def test_client_key_is_never_forwarded_and_unknown_parameters_are(client, upstream, api_key):
     client.chat.completions.create(
-        model="fake-llm", messages=[{"role": "user", "content": "hi"}], seed=7, temperature=0.3, max_tokens=50,
-        stop=["\n\n"], user="u-1", metadata={"k": "v"}, extra_body={"custom_knob": {"a": 1}},
+        model="fake-llm",
+        messages=[{"role": "user", "content": "hi"}],
+        seed=7,
+        temperature=0.3,
+        max_tokens=50,
+        stop=["\n\n"],
+        user="u-1",
+        metadata={"k": "v"},
+        extra_body={"custom_knob": {"a": 1}},
     )
     request = upstream.last_request
     assert api_key.secret not in json.dumps(request["headers"])
@@ -117,8 +133,13 @@ def test_client_key_is_never_forwarded_and_unknown_parameters_are(client, upstre
 def test_text_only_requests_pass_through_streaming_included(client, upstream):
     text = client.chat.completions.create(model="fake-llm", messages=[{"role": "user", "content": "hi"}])
     assert text.choices[0].message.content == REPLY
-    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="fake-llm", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="fake-llm", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        if c.choices
+    ]
     assert "".join(pieces) == REPLY and len(pieces) > 5
 
 
@@ -143,8 +164,12 @@ def collect_stream(client, **kwargs):
 
 def test_streamed_spoken_reply(client):
     chunks, audio, transcript, finish_at, last_audio_at, final = collect_stream(
-        client, model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-        messages=[audio_message()], stream_options={"include_usage": True},
+        client,
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        messages=[audio_message()],
+        stream_options={"include_usage": True},
     )
     assert transcript == REPLY
     assert len(audio) % 2 == 0 and len(audio) / 2 / 24000 > 3
@@ -158,7 +183,10 @@ def test_streamed_spoken_reply(client):
 
 def test_usage_chunk_only_when_asked(client, upstream):
     chunks, *_ = collect_stream(
-        client, model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+        client,
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
         messages=[{"role": "user", "content": "hi"}],
     )
     assert all(c.choices for c in chunks)
@@ -168,10 +196,15 @@ def test_usage_chunk_only_when_asked(client, upstream):
 def test_first_audio_leaves_before_the_reply_is_complete(client, upstream):
     upstream.token_delay = 0.05
     first_audio = last_transcript = None
-    for i, chunk in enumerate(client.chat.completions.create(
-        model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-        messages=[{"role": "user", "content": "hi"}], stream=True,
-    )):
+    for i, chunk in enumerate(
+        client.chat.completions.create(
+            model="fake-llm",
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "pcm16"},
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )
+    ):
         for choice in chunk.choices:
             if choice.delta.audio and choice.delta.audio.data and first_audio is None:
                 first_audio = i
@@ -183,22 +216,30 @@ def test_first_audio_leaves_before_the_reply_is_complete(client, upstream):
 def test_streamed_audio_must_be_pcm16(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model="fake-llm", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
-            messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="fake-llm",
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
         )
     assert caught.value.body["param"] == "audio.format"
 
 
 def test_multi_turn_by_audio_id(client, upstream):
     first = client.chat.completions.create(
-        model="fake-llm", modalities=["text", "audio"], audio={"voice": {"id": "joe"}, "format": "mp3"},
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": {"id": "joe"}, "format": "mp3"},
         messages=[{"role": "user", "content": "hi"}],
     )
     audio_id = first.choices[0].message.audio.id
     client.chat.completions.create(
         model="fake-llm",
-        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": audio_id}},
-                  {"role": "user", "content": "and then?"}],
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "audio": {"id": audio_id}},
+            {"role": "user", "content": "and then?"},
+        ],
     )
     assert upstream.last_request["json"]["messages"][1] == {"role": "assistant", "content": REPLY}
 
@@ -207,7 +248,10 @@ def test_unknown_audio_id_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="fake-llm",
-            messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "audio": {"id": "audio_nope"}}],
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "audio": {"id": "audio_nope"}},
+            ],
         )
     assert caught.value.code == "invalid_audio_id" and caught.value.body["param"] == "messages[1].audio.id"
 
@@ -224,7 +268,10 @@ def test_resent_audio_is_not_transcribed_again(client):
 def test_n_2_speaks_each_choice(client, upstream):
     upstream.replies = ["The first answer is short.", "The second answer is different."]
     completion = client.chat.completions.create(
-        model="fake-llm", n=2, modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        model="fake-llm",
+        n=2,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
         messages=[{"role": "user", "content": "hi"}],
     )
     assert len(completion.choices) == 2
@@ -236,7 +283,9 @@ def test_n_2_speaks_each_choice(client, upstream):
 
 def test_tool_calls_are_returned_unspoken(client):
     completion = client.chat.completions.create(
-        model="tool-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        model="tool-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
         messages=[{"role": "user", "content": "weather?"}],
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
     )
@@ -247,7 +296,9 @@ def test_tool_calls_are_returned_unspoken(client):
 
 def test_text_beside_tool_calls_is_spoken(client):
     completion = client.chat.completions.create(
-        model="tool-text-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        model="tool-text-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
         messages=[{"role": "user", "content": "weather?"}],
     )
     message = completion.choices[0].message
@@ -256,8 +307,14 @@ def test_text_beside_tool_calls_is_spoken(client):
 
 def test_streamed_tool_calls_pass_through(client):
     chunks, audio, *_ = collect_stream(
-        client, model="tool-model", modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-        messages=[{"role": "user", "content": "weather?"}, {"role": "tool", "tool_call_id": "x", "content": "sunny"}],
+        client,
+        model="tool-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {"role": "tool", "tool_call_id": "x", "content": "sunny"},
+        ],
     )
     calls = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
     assert calls and calls[0].function.name == "get_weather" and audio == b""
@@ -284,20 +341,35 @@ def test_upstream_unreachable_is_502_and_timeout_504(client):
 @pytest.mark.parametrize("model", ["cut-stream", "stream-error"])
 def test_a_stream_cut_upstream_ends_with_an_error_event(client, model):
     with pytest.raises(openai.APIError) as caught:
-        list(client.chat.completions.create(
-            model=model, modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-            messages=[{"role": "user", "content": "hi"}], stream=True,
-        ))
+        list(
+            client.chat.completions.create(
+                model=model,
+                modalities=["text", "audio"],
+                audio={"voice": "alloy", "format": "pcm16"},
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+            )
+        )
     assert "upstream" in str(caught.value.message).lower()
 
 
 def test_client_disconnect_stops_the_upstream(gateway, api_key, upstream):
     upstream.token_delay = 0.1
     upstream.reply = " ".join(["This is a long sentence that keeps going."] * 30)
-    body = {"model": "fake-llm", "stream": True, "modalities": ["text", "audio"],
-            "audio": {"voice": "alloy", "format": "pcm16"}, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {api_key.secret}"}, timeout=30) as response:
+    body = {
+        "model": "fake-llm",
+        "stream": True,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {api_key.secret}"},
+        timeout=30,
+    ) as response:
         request_id = response.headers["x-request-id"]
         next(response.iter_bytes())
     assert upstream.wait_for(lambda requests: requests and requests[-1]["disconnected"], timeout=10)
@@ -313,27 +385,111 @@ def test_client_disconnect_stops_the_upstream(gateway, api_key, upstream):
         ({"model": "fake-llm", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
         ({"model": "fake-llm", "n": 10, "messages": [{"role": "user", "content": "x"}]}, 400, "n"),
-        ({"model": "fake-llm", "modalities": ["text", "audio"], "messages": [{"role": "user", "content": "x"}]},
-         400, "audio"),
-        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "ogg"},
-          "messages": [{"role": "user", "content": "x"}]}, 400, "audio.format"),
-        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "nobody", "format": "pcm16"},
-          "messages": [{"role": "user", "content": "x"}]}, 400, "audio.voice"),
-        ({"model": "fake-llm", "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"},
-          "speech_model": "no-such-tts", "messages": [{"role": "user", "content": "x"}]}, 404, "speech_model"),
-        ({"model": "fake-llm", "transcription_model": "tts-1", "messages": [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
-         400, "transcription_model"),
-        ({"model": "fake-llm", "messages": [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "ogg"}}]}]},
-         400, "messages[0].content[0].input_audio.format"),
-        ({"model": "fake-llm", "messages": [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]},
-         400, "messages[0].content[0].input_audio.data"),
-        ({"model": "fake-llm", "messages": [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {
-                "data": base64.b64encode(b"not audio at all" * 50).decode(), "format": "wav"}}]}]},
-         400, "messages[0].content[0].input_audio.data"),
+        (
+            {
+                "model": "fake-llm",
+                "modalities": ["text", "audio"],
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            400,
+            "audio",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "modalities": ["text", "audio"],
+                "audio": {"voice": "alloy", "format": "ogg"},
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            400,
+            "audio.format",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "modalities": ["text", "audio"],
+                "audio": {"voice": "nobody", "format": "pcm16"},
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            400,
+            "audio.voice",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "modalities": ["text", "audio"],
+                "audio": {"voice": "alloy", "format": "pcm16"},
+                "speech_model": "no-such-tts",
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            404,
+            "speech_model",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "transcription_model": "tts-1",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "transcription_model",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "ogg"}}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "messages[0].content[0].input_audio.format",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}],
+                    }
+                ],
+            },
+            400,
+            "messages[0].content[0].input_audio.data",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {
+                                    "data": base64.b64encode(b"not audio at all" * 50).decode(),
+                                    "format": "wav",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "messages[0].content[0].input_audio.data",
+        ),
     ],
 )
 def test_bad_requests_are_clear_errors_before_the_stream(http, body, status, param):
@@ -347,13 +503,20 @@ def test_bad_requests_are_clear_errors_before_the_stream(http, body, status, par
 
 
 def test_malformed_json_is_a_400(http):
-    response = http.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_body"
 
 
 def test_unsupported_content_type_is_a_415(http):
     response = http.post("/v1/chat/completions", content=b"hi", headers={"content-type": "text/plain"})
-    assert response.status_code == 415 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response.status_code == 415 and set(response.json()["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
 
 
 def test_the_upstream_key_never_leaks(client, gateway):

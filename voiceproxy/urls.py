@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
@@ -24,6 +25,9 @@ urlpatterns = [
     path("health", health.health, name="health"),
     path("health/ready", health.ready, name="ready"),
     path("admin/", admin.site.urls),
+    # The admin's CSS and JS. daphne serves no static files; these few are served by Django from
+    # the installed apps (no collectstatic step), which is plenty for an operator's admin pages.
+    re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
 ]
 
 handler404 = "voiceproxy.views.handler404"
