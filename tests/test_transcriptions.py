@@ -332,3 +332,38 @@ def test_json_usage_reports_the_audio_duration(http):
     assert body["usage"]["type"] == "duration"
     assert body["usage"]["seconds"] == math.ceil(audit_row(response.headers).audio_seconds_in)
     assert json.dumps(body)
+
+
+@pytest.fixture(scope="module")
+def tight_gateway(gateway, tmp_path_factory):
+    from tests.conftest import Server, server_env
+
+    server = Server(
+        server_env(VOICEPROXY_INFERENCE_THREADS="1", VOICEPROXY_QUEUE_LIMIT="0"),
+        tmp_path_factory.mktemp("tight") / "daphne.log",
+    )
+    yield server
+    server.stop()
+
+
+def test_over_capacity_is_a_503_with_retry_after(tight_gateway, api_key):
+    import httpx
+
+    data = speech(f"{SENTENCE} {OTHER} {SENTENCE}")
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{tight_gateway.url}/v1/audio/transcriptions",
+            headers={"Authorization": f"Bearer {api_key.secret}"},
+            data={"model": "whisper-1"},
+            files={"file": ("a.wav", data)},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(post, range(4)))
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses and 503 in statuses, statuses
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.json()["error"]["code"] == "server_busy" and int(busy.headers["retry-after"]) >= 1
+    assert RequestLog.objects.get(request_id=busy.headers["x-request-id"]).status_code == 503
