@@ -32,9 +32,8 @@ def test_concurrent_first_uses_load_once_and_share_the_engine():
 
     def use() -> None:
         barrier.wait()
-        with cache.use(WHISPER) as engine:
-            with lock:
-                seen.append(id(engine))
+        with cache.use(WHISPER) as engine, lock:
+            seen.append(id(engine))
 
     with ThreadPoolExecutor(6) as pool:
         for future in [pool.submit(use) for _ in range(6)]:
