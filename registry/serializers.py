@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import QueryDict
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from registry.audio import FORMATS as AUDIO_FORMATS
@@ -38,6 +39,23 @@ def form_to_dict(data: Any) -> dict[str, Any]:
     return result
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": ["auto"]},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["server_vad"]},
+                    "threshold": {"type": "number"},
+                    "prefix_padding_ms": {"type": "integer"},
+                    "silence_duration_ms": {"type": "integer"},
+                },
+                "required": ["type"],
+            },
+        ]
+    }
+)
 class ChunkingStrategyField(serializers.Field):
     """`"auto"`, or `{"type": "server_vad", "threshold"?, "prefix_padding_ms"?, "silence_duration_ms"?}`."""
 
@@ -101,9 +119,7 @@ class TranscriptionParams(AudioParams):
             raise serializers.ValidationError({"include": "include[]=logprobs needs response_format 'json'."})
         if attrs["stream"] and fmt not in ("json", "text"):
             raise serializers.ValidationError(
-                {
-                    "stream": "Streamed transcriptions are events; use response_format 'json' or 'text'."
-                }
+                {"stream": "Streamed transcriptions are events; use response_format 'json' or 'text'."}
             )
         return attrs
 
@@ -112,6 +128,14 @@ class TranslationParams(AudioParams):
     pass
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+        ]
+    }
+)
 class VoiceField(serializers.Field):
     """A voice name, or `{"id": name}` as OpenAI's custom-voice form."""
 

@@ -206,6 +206,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "TranscriptionFormat": ["json", "text", "srt", "verbose_json", "vtt"],
+        "SpeechFormat": ["mp3", "opus", "aac", "flac", "wav", "pcm"],
+    },
 }
 
 LOGGING = {
