@@ -196,6 +196,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "registry.errors.drf_exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "registry.negotiation.IgnoreAccept",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
