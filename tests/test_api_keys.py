@@ -186,13 +186,18 @@ def test_rate_limit_is_shared_by_processes_through_redis(redis_servers, make_key
 
 def test_anonymous_access_only_when_the_setting_allows_it(gateway, tmp_path_factory):
     assert httpx.get(f"{gateway.url}/v1/models").status_code == 401  # the default: off
-    server = Server(server_env(VOICEPROXY_ALLOW_ANONYMOUS="true"), tmp_path_factory.mktemp("anon") / "daphne.log")
+    server = Server(
+        server_env(VOICEPROXY_ALLOW_ANONYMOUS="true"), tmp_path_factory.mktemp("anon") / "daphne.log"
+    )
     try:
         response = httpx.get(f"{server.url}/v1/models")
         assert response.status_code == 200 and response.json()["object"] == "list"
         row = RequestLog.objects.get(request_id=response.headers["x-request-id"])
         assert row.status_code == 200 and row.key_prefix == ""
         # A key that is sent is still checked.
-        assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer vp-wrong"}).status_code == 401
+        assert (
+            httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer vp-wrong"}).status_code
+            == 401
+        )
     finally:
         server.stop()
