@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
+from registry import catalog
+from registry.cache import Status, model_cache
+from registry.errors import ModelUnavailable
 from registry.models import (
     ApiKey,
     RequestLog,
+    SpeechModel,
     SpeechToTextModel,
     TextToSpeechModel,
     Upstream,
@@ -37,7 +45,22 @@ class UpstreamForm(forms.ModelForm):
 
     class Meta:
         model = Upstream
-        fields = ["name", "base_url", "api_key", "clear_api_key", "timeout", "enabled", "is_default", "chat_models"]
+        fields = [
+            "name",
+            "base_url",
+            "api_key",
+            "clear_api_key",
+            "timeout",
+            "enabled",
+            "is_default",
+            "chat_models",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("clear_api_key") and cleaned.get("api_key"):
+            raise forms.ValidationError("Either set a new API key or clear it, not both.")
+        return cleaned
 
     def save(self, commit: bool = True) -> Upstream:
         upstream: Upstream = super().save(commit=False)
@@ -50,19 +73,29 @@ class UpstreamForm(forms.ModelForm):
         return upstream
 
 
+def _looks_up(lookup: str, field: str) -> bool:
+    return lookup.split(LOOKUP_SEP, 1)[0] == field
+
+
 @admin.register(Upstream)
 class UpstreamAdmin(admin.ModelAdmin):
     form = UpstreamForm
     list_display = ["name", "base_url", "enabled", "is_default", "routed_models", "key_set", "timeout"]
     list_filter = ["enabled", "is_default"]
     search_fields = ["name", "base_url"]
+    readonly_fields = ["key_set"]  # whether a key is stored: all the page ever says of it
     actions = ["enable", "disable"]
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # The admin lets any local field be filtered from the URL (?api_key_encrypted__startswith=…):
+        # an oracle that would spell out the stored token one character at a time.
+        return not _looks_up(lookup, "api_key_encrypted") and super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="chat models")
     def routed_models(self, obj: Upstream) -> str:
         return ", ".join(obj.chat_models) or ("(any)" if obj.is_default else "—")
 
-    @admin.display(description="API key", boolean=True)
+    @admin.display(description="key stored", boolean=True)
     def key_set(self, obj: Upstream) -> bool:
         return obj.has_api_key
 
@@ -102,11 +135,24 @@ class KeyStatusFilter(admin.SimpleListFilter):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ["name", "prefix", "status", "created", "last_used", "expires_at", "rate_limit_per_minute", "scope"]
+    list_display = [
+        "name",
+        "prefix",
+        "status",
+        "created",
+        "last_used",
+        "expires_at",
+        "rate_limit_per_minute",
+        "scope",
+    ]
     list_filter = [KeyStatusFilter, "created", "last_used"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created", "last_used", "revoked_at"]
     actions = ["revoke", "unrevoke"]
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # As for upstream keys: no URL filter on the stored hash.
+        return not _looks_up(lookup, "secret_hash") and super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="status")
     def status(self, obj: ApiKey) -> str:
@@ -146,15 +192,89 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Restored {count} key(s).")
 
 
+CACHE_FIELDS = ["cache_state", "cache_device", "cache_loaded_at", "cache_uses", "cache_error"]
+_SPEC_FIELDS = {"model_id", "engine", "source", "device", "compute_type"}  # what the cache keys engines by
+
+
+def _status(obj: SpeechModel) -> Status:
+    return model_cache.status(obj.model_id)
+
+
 class SpeechModelAdmin(admin.ModelAdmin):
-    list_display = ["model_id", "engine", "source", "device", "enabled", "is_default", "alias_list"]
+    """Shared by both speech model admins, with this process's model cache: columns, actions, a fieldset.
+
+    The cache is per process: with several server processes, each page shows (and each action acts
+    on) the process that served it.
+    """
+
+    list_display = [
+        "model_id",
+        "engine",
+        "source",
+        "device",
+        "enabled",
+        "is_default",
+        "alias_list",
+        *CACHE_FIELDS,
+    ]
     list_filter = ["engine", "enabled", "is_default", "device"]
     search_fields = ["model_id", "source"]
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "load_now", "unload"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: SpeechModel | None = None) -> list[str]:
+        return [*super().get_readonly_fields(request, obj), *(CACHE_FIELDS if obj is not None else [])]
+
+    def get_fieldsets(
+        self, request: HttpRequest, obj: SpeechModel | None = None
+    ) -> list[tuple[str | None, dict[str, Any]]]:
+        if obj is None:  # nothing cached yet for a model being added
+            return super().get_fieldsets(request, obj)
+        fields = [f for f in self.get_fields(request, obj) if f not in CACHE_FIELDS]
+        return [
+            (None, {"fields": fields}),
+            (
+                "Model cache",
+                {"fields": CACHE_FIELDS, "description": "In the server process that served this page."},
+            ),
+        ]
+
+    def save_model(self, request: HttpRequest, obj: SpeechModel, form: forms.ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and _SPEC_FIELDS & set(form.changed_data):
+            # The cache keys engines by their spec: the old engine would otherwise sit in memory
+            # until its idle TTL. Other processes drop theirs that way.
+            model_cache.unload(form.initial.get("model_id", obj.model_id))
+            model_cache.unload(obj.model_id)
 
     @admin.display(description="aliases")
-    def alias_list(self, obj: SpeechToTextModel | TextToSpeechModel) -> str:
+    def alias_list(self, obj: SpeechModel) -> str:
         return ", ".join(obj.aliases)
+
+    @admin.display(description="cache")
+    def cache_state(self, obj: SpeechModel) -> str:
+        return _status(obj).state
+
+    @admin.display(description="loaded on")
+    def cache_device(self, obj: SpeechModel) -> str:
+        return _status(obj).device
+
+    @admin.display(description="loaded since")
+    def cache_loaded_at(self, obj: SpeechModel) -> datetime | None:
+        return _status(obj).loaded_at
+
+    @admin.display(description="uses")
+    def cache_uses(self, obj: SpeechModel) -> str:
+        status = _status(obj)
+        if status.state != "loaded":
+            return ""
+        return f"{status.uses} ({status.in_use} now)" if status.in_use else str(status.uses)
+
+    @admin.display(description="last error")
+    def cache_error(self, obj: SpeechModel) -> SafeString | str:
+        status = _status(obj)
+        if status.state != "failed":
+            return ""
+        return format_html('<span title="{}">{}</span>', status.error, Truncator(status.error).chars(160))
 
     @admin.action(description="Enable selected models")
     def enable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
@@ -163,6 +283,38 @@ class SpeechModelAdmin(admin.ModelAdmin):
     @admin.action(description="Disable selected models")
     def disable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         queryset.update(enabled=False)
+
+    @admin.action(description="Load now (in this server process)")
+    def load_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        # Blocks this request for the load (a download, for a hub id not yet fetched): under ASGI
+        # the admin's sync view runs in its own thread, so only this page waits.
+        for row in queryset:
+            if not row.enabled:
+                self.message_user(request, f"{row.model_id} is disabled; enable it first.", messages.WARNING)
+                continue
+            status = model_cache.status(row.model_id)
+            if status.state == "loaded":
+                self.message_user(request, f"{row.model_id} is already loaded on {status.device}.")
+                continue
+            try:
+                model_cache.load(catalog.resolved(row))
+            except ModelUnavailable as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                continue
+            status = model_cache.status(row.model_id)
+            self.message_user(
+                request,
+                f"Loaded {row.model_id} on {status.device} in {status.load_seconds:.2f} s.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Unload (from this server process)")
+    def unload(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        ids = [row.model_id for row in queryset if model_cache.unload(row.model_id)]
+        if ids:
+            self.message_user(request, f"Unloaded {', '.join(ids)}.", messages.SUCCESS)
+        else:
+            self.message_user(request, "None of the selected models was loaded.", messages.INFO)
 
 
 @admin.register(SpeechToTextModel)
@@ -198,8 +350,18 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     date_hierarchy = "created"
     list_display = [
-        "created", "request_id", "key_prefix", "method", "endpoint", "model_names",
-        "status_code", "error_code", "duration_ms", "stt_ms", "llm_ms", "tts_ms",
+        "created",
+        "request_id",
+        "key_prefix",
+        "method",
+        "endpoint",
+        "model_names",
+        "status_code",
+        "error_code",
+        "duration_ms",
+        "stt_ms",
+        "llm_ms",
+        "tts_ms",
     ]
     list_filter = ["status_code", "endpoint", "api_key", "model_names", "streamed", "upstream"]
     search_fields = ["request_id", "key_prefix", "endpoint", "model_names", "error_message", "upstream"]

@@ -145,6 +145,8 @@ class SpeechModel(models.Model):
 
     def clean(self) -> None:
         _string_list(self.aliases, "aliases")
+        if self.model_id in self.aliases or len(set(self.aliases)) != len(self.aliases):
+            raise ValidationError({"aliases": "An alias may not repeat the model id or another alias."})
         if ENGINE_TASKS.get(self.engine) != self.task:
             engines = sorted(e for e, t in ENGINE_TASKS.items() if t == self.task)
             raise ValidationError({"engine": f"Must be one of {', '.join(engines)}."})

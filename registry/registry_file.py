@@ -49,7 +49,8 @@ def _check_fields(entry: Any, allowed: set[str], kind: str, path: str) -> dict[s
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise RegistryFileError(
-            f"{path}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+            f"{', '.join(f'{path}.{name}' for name in unknown)}: unknown field(s); "
+            f"allowed: {', '.join(sorted(allowed))}"
         )
     missing = sorted(_REQUIRED.get(kind, set()) - set(entry))
     if missing:
@@ -77,6 +78,21 @@ def resolve_source(source: str) -> str:
     raise RegistryFileError(f"source {source!r}: the package offers no model path")
 
 
+def _resolved_source(source: str, path: str) -> str:
+    try:
+        return resolve_source(source)
+    except RegistryFileError as exc:
+        raise RegistryFileError(f"{path}: {exc}") from exc
+
+
+def _name(entry: dict[str, Any], field: str, path: str) -> str:
+    """A required identifying string (an id or a name): never a number or list turned into text."""
+    value = entry.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise RegistryFileError(f"{path}.{field}: wrong type (must be a non-empty string)")
+    return value
+
+
 def _full_clean(row: Any, path: str, exclude: list[str] | None = None) -> None:
     try:
         row.full_clean(exclude=exclude, validate_unique=True)
@@ -90,6 +106,8 @@ def load_file(path: Path) -> dict[str, int]:
         data = json.loads(path.read_text())
     except OSError as exc:
         raise RegistryFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise RegistryFileError(f"{path}: not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise RegistryFileError(f"{path}: not valid JSON ({exc})") from exc
     return apply(data)
@@ -124,7 +142,8 @@ def _typed(entry: dict[str, Any], name: str, kind: type | tuple[type, ...], path
 
 
 def _apply_upstream(entry: dict[str, Any], path: str) -> None:
-    upstream = Upstream.objects.filter(name=entry["name"]).first() or Upstream(name=entry["name"])
+    name = _name(entry, "name", path)
+    upstream = Upstream.objects.filter(name=name).first() or Upstream(name=name)
     upstream.base_url = _typed(entry, "base_url", str, path, "")
     upstream.chat_models = _typed(entry, "models", list, path, upstream.chat_models or [])
     upstream.timeout = float(_typed(entry, "timeout", (int, float), path, upstream.timeout))
@@ -140,6 +159,7 @@ def _apply_upstream(entry: dict[str, Any], path: str) -> None:
 
 
 def _apply_model(entry: dict[str, Any], path: str) -> int:
+    model_id = _name(entry, "id", path)
     engine = _typed(entry, "engine", str, path, "")
     task = _typed(entry, "task", str, path, ENGINE_TASKS.get(engine, ""))
     if task not in ("stt", "tts"):
@@ -149,14 +169,11 @@ def _apply_model(entry: dict[str, Any], path: str) -> int:
         raise RegistryFileError(f"{path}.engine: {engine!r} is not a {task} engine ({', '.join(engines)})")
     cls: type[SpeechModel] = SpeechToTextModel if task == "stt" else TextToSpeechModel
     other: type[SpeechModel] = TextToSpeechModel if task == "stt" else SpeechToTextModel
-    if other.objects.filter(model_id=entry["id"]).exists():
-        raise RegistryFileError(f"{path}.id: {entry['id']!r} is already registered for the other task")
-    row = cls.objects.filter(model_id=entry["id"]).first() or cls(model_id=entry["id"])
+    if other.objects.filter(model_id=model_id).exists():
+        raise RegistryFileError(f"{path}.id: {model_id!r} is already registered for the other task")
+    row = cls.objects.filter(model_id=model_id).first() or cls(model_id=model_id)
     row.engine = engine
-    try:
-        row.source = resolve_source(_typed(entry, "source", str, path, ""))
-    except RegistryFileError as exc:
-        raise RegistryFileError(f"{path}.{exc}") from exc
+    row.source = _resolved_source(_typed(entry, "source", str, path, ""), f"{path}.source")
     row.device = _typed(entry, "device", str, path, "auto")
     row.compute_type = _typed(entry, "compute_type", str, path, "auto")
     row.enabled = _typed(entry, "enabled", bool, path, True)
@@ -173,8 +190,9 @@ def _apply_model(entry: dict[str, Any], path: str) -> int:
     for j, raw in enumerate(voices):
         vpath = f"{path}.voices[{j}]"
         v = _check_fields(raw, _VOICE, "voice", vpath)
-        voice = Voice.objects.filter(model=row, name=v["name"]).first() or Voice(model=row, name=v["name"])
-        voice.source = resolve_source(_typed(v, "source", str, vpath, ""))
+        voice_name = _name(v, "name", vpath)
+        voice = Voice.objects.filter(model=row, name=voice_name).first() or Voice(model=row, name=voice_name)
+        voice.source = _resolved_source(_typed(v, "source", str, vpath, ""), f"{vpath}.source")
         voice.language = _typed(v, "language", str, vpath, "")
         voice.aliases = _typed(v, "aliases", list, vpath, [])
         voice.enabled = _typed(v, "enabled", bool, vpath, True)

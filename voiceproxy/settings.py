@@ -164,6 +164,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "/static/"
+# A new API key's secret is shown once through a message: keep it server-side, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 STATIC_ROOT = DATA_DIR / "static"
 
 # --- the gateway's own knobs (each documented in README.md) ---
