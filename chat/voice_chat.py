@@ -27,7 +27,7 @@ from registry import audit, catalog, stt, tts, workers
 from registry.auth import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest, OpenAIError, as_openai_error, sse_error_event
 from registry.models import ApiKey
-from registry.sentences import SentenceSplitter, clean_for_speech
+from registry.sentences import SentenceSplitter, SpeakableFilter
 
 AUDIO_OUT_FORMATS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "pcm16": "pcm", "aac": "aac"}
 AUDIO_IN_FORMATS = ("wav", "mp3")
@@ -312,6 +312,7 @@ class _ChoiceVoice:
         self.index = index
         self.audio_id = audio_store.new_id()
         self.splitter = SentenceSplitter()
+        self.speakable = SpeakableFilter()
         self.transcript: list[str] = []
         self.order: asyncio.Queue[asyncio.Queue[Any] | None] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
@@ -323,8 +324,8 @@ class _ChoiceVoice:
             self._start(sentence)
 
     def _start(self, sentence: str) -> None:
-        spoken = clean_for_speech(sentence)
-        if not spoken or not any(c.isalnum() for c in spoken):
+        spoken = self.speakable(sentence)
+        if spoken is None:
             return
         chunks: asyncio.Queue[Any] = asyncio.Queue()
         self.order.put_nowait(chunks)

@@ -337,3 +337,23 @@ def clean_for_speech(text: str) -> str:
     text = _WHITESPACE.sub(" ", text).strip()
     # Removing an emoji or a tag can leave "done ." behind.
     return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
+
+
+class SpeakableFilter:
+    """Turns a stream of split pieces into what is read aloud: markdown, emoji and fenced code out.
+
+    Stateful because a fenced code block spans pieces: the splitter cuts at newlines, so its
+    fence lines arrive alone, and everything between them is skipped.
+    """
+
+    def __init__(self) -> None:
+        self.in_code = False
+
+    def __call__(self, piece: str) -> str | None:
+        if piece.lstrip().startswith("```"):
+            self.in_code = not self.in_code
+            return None
+        if self.in_code:
+            return None
+        spoken = clean_for_speech(piece)
+        return spoken if any(c.isalnum() for c in spoken) else None

@@ -20,7 +20,7 @@ from registry.cache import model_cache
 from registry.engines.base import EngineError, Samples, UnknownVoice, VoiceSpec
 from registry.errors import InvalidRequest
 from registry.models import ApiKey
-from registry.sentences import clean_for_speech, split_sentences
+from registry.sentences import SpeakableFilter, split_sentences
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,9 @@ async def voicing(
 
 
 def speakable(text: str) -> list[str]:
-    """The sentences of `text` worth speaking: markdown, code and emoji removed."""
-    pieces = (clean_for_speech(sentence) for sentence in split_sentences(text))
-    return [p for p in pieces if p and any(c.isalnum() for c in p)]
+    """The sentences of `text` worth speaking: markdown, fenced code and emoji removed."""
+    speakable_piece = SpeakableFilter()
+    return [s for s in map(speakable_piece, split_sentences(text)) if s]
 
 
 def synthesize(v: Voicing, sentences: list[str]) -> Iterator[tuple[int, Samples]]:

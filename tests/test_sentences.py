@@ -437,3 +437,10 @@ def test_a_long_run_of_spaces_after_a_period_is_a_break_and_stays_fast():
         pieces += splitter.feed(" ")
     assert pieces == ["Hello."]
     assert split_sentences("Hello.          and more") == ["Hello.", "and more"]
+
+
+def test_fenced_code_is_not_spoken():
+    from registry.tts import speakable
+
+    text = "Here is code:\n```python\nprint('x')\nx = 1\n```\nDone. **Bold** move 😀."
+    assert speakable(text) == ["Here is code:", "Done.", "Bold move."]
