@@ -8,7 +8,6 @@ an ordinary 400, never a broken stream.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -136,8 +135,12 @@ async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
     return SpeechStream(content_type=audio.FORMATS[response_format], chunks=chunks())
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+async def speech(
+    *, api_key: ApiKey | None, model: str | None, voice: str, speed: float, text: str, response_format: str
+) -> SpeechStream:
+    """/v1/audio/speech: resolve the model and voice, then start speaking."""
+    v = await voicing(api_key=api_key, model=model, voice=voice, speed=speed)
+    return await speak(v=v, text=text, response_format=response_format)
 
 
 def _whole(v: Voicing, sentences: list[str], fmt: str) -> tuple[bytes, float]:

@@ -102,10 +102,14 @@ class SpeechView(APIView):
         params = SpeechParams(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        voicing = await tts.voicing(
-            api_key=request.auth, model=data["model"] or None, voice=data["voice"], speed=data["speed"]
+        speech = await tts.speech(
+            api_key=request.auth,
+            model=data["model"] or None,
+            voice=data["voice"],
+            speed=data["speed"],
+            text=data["input"],
+            response_format=data["response_format"],
         )
-        speech = await tts.speak(v=voicing, text=data["input"], response_format=data["response_format"])
         return formats.speech_response(
             speech, stream_format=data["stream_format"], characters=len(data["input"])
         )
