@@ -96,7 +96,8 @@ def _headers(target: Target) -> dict[str, str]:
     return headers
 
 
-def _error_from(response_body: bytes, status: int, target: Target) -> OpenAIError:
+def _error_from(response: httpx.Response, response_body: bytes, target: Target) -> OpenAIError:
+    status = response.status_code
     try:
         error = json.loads(response_body).get("error")
     except (ValueError, AttributeError):
@@ -107,14 +108,22 @@ def _error_from(response_body: bytes, status: int, target: Target) -> OpenAIErro
     else:
         message = scrub(response_body[:300].decode(errors="replace").strip(), target) or f"HTTP {status}"
         param, code, kind = None, None, None
+    if status in (401, 403):
+        # The gateway's credentials for the upstream were refused, not the client's key: passing
+        # a 401 through would make the SDK blame the caller's (working) key.
+        return UpstreamError(
+            f"The upstream '{target.name}' refused the gateway's credentials (HTTP {status}): {message}"
+        )
     if 400 <= status < 500:
         headers = {}
+        if status == 429 and response.headers.get("retry-after"):
+            headers["Retry-After"] = response.headers["retry-after"]
         return OpenAIError(
-            message,
+            message[:2000],
             status=status,
-            type=kind or "invalid_request_error",
-            param=param,
-            code=str(code) if code is not None else None,
+            type=str(kind or "invalid_request_error")[:50],
+            param=str(param)[:200] if param is not None else None,
+            code=str(code)[:50] if code is not None else None,
             headers=headers,
         )
     return UpstreamError(f"The upstream '{target.name}' failed with HTTP {status}: {message}")
@@ -136,7 +145,7 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
         raise _transport_error(exc, target) from exc
     audit.note(upstream_status=response.status_code)
     if response.status_code >= 400:
-        raise _error_from(response.content, response.status_code, target)
+        raise _error_from(response, response.content, target)
     try:
         data = response.json()
     except ValueError as exc:
@@ -167,14 +176,20 @@ class Events:
                     done = True
                     return
                 if payload.startswith('{"error"'):
-                    error = json.loads(payload)["error"]
-                    raise UpstreamError(
-                        f"The upstream '{self.target.name}' failed mid-stream: "
-                        f"{scrub(str(error.get('message', error)), self.target)}"
-                    )
+                    try:
+                        error = json.loads(payload)["error"]
+                        detail = error.get("message", error) if isinstance(error, dict) else error
+                    except (ValueError, KeyError, TypeError):
+                        detail = payload[:300]
+                    detail = scrub(str(detail), self.target)
+                    raise UpstreamError(f"The upstream '{self.target.name}' failed mid-stream: {detail}")
                 yield payload
-        except httpx.HTTPError as exc:
+        except httpx.TimeoutException as exc:
             raise _transport_error(exc, self.target) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"The upstream '{self.target.name}' broke off the stream ({type(exc).__name__})."
+            ) from exc
         finally:
             if not done and not self.response.is_closed:
                 await self.response.aclose()
@@ -215,7 +230,7 @@ async def stream(target: Target, body: dict[str, Any]) -> AsyncIterator[Events]:
                 content = await response.aread()
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, target) from exc
-            raise _error_from(content, response.status_code, target)
+            raise _error_from(response, content, target)
         yield Events(response, target)
     finally:
         await response.aclose()

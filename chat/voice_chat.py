@@ -14,11 +14,12 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 
@@ -28,6 +29,8 @@ from registry.auth import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest, OpenAIError, as_openai_error, sse_error_event
 from registry.models import ApiKey
 from registry.sentences import SentenceSplitter, SpeakableFilter
+
+T = TypeVar("T")
 
 AUDIO_OUT_FORMATS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "pcm16": "pcm", "aac": "aac"}
 AUDIO_IN_FORMATS = ("wav", "mp3")
@@ -53,6 +56,20 @@ class _AudioPart:
     message: int
     part: int
     data: bytes
+    digest: str  # sha256 of data: the transcript cache's key
+
+
+async def _all(coroutines: Iterable[Awaitable[T]]) -> list[T]:
+    """Like gather, but when one fails the others are cancelled (their pool work is not wasted) and
+    the first error is raised as itself (a TaskGroup would wrap it in an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _invalid(message: str, param: str, code: str = "invalid_value") -> InvalidRequest:
@@ -108,7 +125,7 @@ def _check_messages(messages: Any) -> tuple[list[_AudioPart], list[tuple[int, st
                     f"{pwhere}.input_audio.data",
                     "invalid_audio",
                 ) from None
-            parts.append(_AudioPart(i, j, data))
+            parts.append(_AudioPart(i, j, data, hashlib.sha256(data).hexdigest()))
     return parts, audio_ids
 
 
@@ -124,7 +141,12 @@ def _check_parameters(body: dict[str, Any]) -> tuple[bool, str, Any]:
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise _invalid("'stream' must be a boolean.", "stream")
     modalities = body.get("modalities") or ["text"]
-    if not isinstance(modalities, list) or not modalities or not set(modalities) <= {"text", "audio"}:
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or not all(isinstance(m, str) for m in modalities)
+        or not set(modalities) <= {"text", "audio"}
+    ):
         raise _invalid("'modalities' must be a list of 'text' and 'audio'.", "modalities")
     wants_audio = "audio" in modalities
     audio_param = body.get("audio")
@@ -135,7 +157,7 @@ def _check_parameters(body: dict[str, Any]) -> tuple[bool, str, Any]:
     if not isinstance(audio_param, dict):
         raise _invalid("'modalities' with 'audio' needs the 'audio' parameter: {voice, format}.", "audio")
     fmt = audio_param.get("format")
-    if fmt not in AUDIO_OUT_FORMATS:
+    if not isinstance(fmt, str) or fmt not in AUDIO_OUT_FORMATS:
         raise _invalid(f"'audio.format' must be one of {', '.join(AUDIO_OUT_FORMATS)}.", "audio.format")
     if body.get("stream") and fmt != "pcm16":
         raise _invalid("Streamed audio is sent as 'pcm16'; set 'audio.format' to 'pcm16'.", "audio.format")
@@ -155,7 +177,7 @@ async def _transcribe(api_key: ApiKey | None, body: dict[str, Any], parts: list[
     model = await catalog.model_for(task="stt", api_key=api_key, name=name, param="transcription_model")
 
     async def one(part: _AudioPart) -> str:
-        key = f"voiceproxy:stt:{model.model_id}:{hashlib.sha256(part.data).hexdigest()}"
+        key = f"voiceproxy:stt:{model.model_id}:{part.digest}"
         cached = await cache.aget(key)
         if cached is not None:
             audit.count("stt_cache_hits")
@@ -175,7 +197,7 @@ async def _transcribe(api_key: ApiKey | None, body: dict[str, Any], parts: list[
         await cache.aset(key, result.text, timeout=TRANSCRIPT_CACHE_SECONDS)
         return result.text
 
-    return list(await asyncio.gather(*(one(p) for p in parts)))
+    return await _all(one(p) for p in parts)
 
 
 async def prepare(*, api_key: ApiKey | None, body: Any) -> ChatPlan:
@@ -183,7 +205,8 @@ async def prepare(*, api_key: ApiKey | None, body: Any) -> ChatPlan:
     if not isinstance(body, dict):
         raise _invalid("The request body must be a JSON object.", "body", "invalid_body")
     wants_audio, fmt, voice = _check_parameters(body)
-    parts, audio_ids = _check_messages(body["messages"])
+    # Decoding and hashing megabytes of base64 audio is CPU work: off the event loop.
+    parts, audio_ids = await sync_to_async(_check_messages, thread_sensitive=False)(body.get("messages"))
     check_model_allowed(api_key, [body["model"]])
     voicing = None
     if wants_audio:
@@ -237,9 +260,7 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     data = await upstream.complete(plan.target, plan.body)
     audit.note(llm_ms=(time.perf_counter() - started) * 1000, usage=data.get("usage"))
     if plan.voicing is not None:
-        await asyncio.gather(
-            *(_speak_choice(plan, choice) for choice in data["choices"] if isinstance(choice, dict))
-        )
+        await _all(_speak_choice(plan, choice) for choice in data["choices"] if isinstance(choice, dict))
     return data
 
 

@@ -116,7 +116,14 @@ class AuditMiddleware:
                 )
             )
         else:
-            response = await self.get_response(request)
+            try:
+                response = await self.get_response(request)
+            except asyncio.CancelledError:
+                # The client hung up before the response began (Django cancels the view): the
+                # request still gets its row, with nginx's 499 "client closed request".
+                record.stats["client_disconnected"] = True
+                await asyncio.shield(_write(record, 499))
+                raise
         response["x-request-id"] = record.request_id
         record.error = getattr(response, "openai_error", None)
         if isinstance(response, StreamingHttpResponse):

@@ -77,12 +77,11 @@ class ModelCache:
 
         Raises ModelUnavailable when the model cannot be loaded.
         """
-        entry = self._entry(model)
-        engine = self._ensure_loaded(entry)
-        with self._lock:
-            entry.in_use += 1
-            entry.uses += 1
+        entry = self._entry(model)  # pinned: neither evicted nor reaped while we load or use it
         try:
+            engine = self._ensure_loaded(entry)
+            with self._lock:
+                entry.uses += 1
             yield engine
         finally:
             with self._lock:
@@ -91,7 +90,13 @@ class ModelCache:
 
     def load(self, model: ResolvedModel) -> None:
         """Load now (the admin's action). Raises ModelUnavailable."""
-        self._ensure_loaded(self._entry(model))
+        entry = self._entry(model)
+        try:
+            self._ensure_loaded(entry)
+        finally:
+            with self._lock:
+                entry.in_use -= 1
+                entry.last_used = time.monotonic()
 
     def unload(self, model_id: str) -> bool:
         """Drop every cached engine of `model_id`; requests using one keep it until they finish."""
@@ -142,6 +147,8 @@ class ModelCache:
                 entry = self._entries[model.spec] = Entry(model=model)
             else:
                 entry.model = model  # the TTL may have been edited
+            entry.in_use += 1
+            entry.last_used = time.monotonic()
             self._start_reaper()
             return entry
 
@@ -152,6 +159,12 @@ class ModelCache:
             if entry.engine is not None:
                 return entry.engine
             model = entry.model
+            if entry.error:
+                # The load we waited for failed: share its failure. The entry is already out of
+                # the cache, so the next request starts a fresh load.
+                raise ModelUnavailable(
+                    f"The model '{model.model_id}' could not be loaded: {entry.error}", param="model"
+                )
             started = time.perf_counter()
             try:
                 cls = engine_class(model.spec.engine)

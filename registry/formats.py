@@ -10,8 +10,9 @@ from typing import Any
 
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
+from registry import audit
 from registry.engines.base import Segment, Word
-from registry.errors import sse_error_event
+from registry.errors import as_openai_error, sse_error_event
 from registry.stt import SegmentStream, Transcript
 from registry.tts import SpeechStream
 
@@ -171,14 +172,12 @@ def transcription_stream(stream: SegmentStream, *, include_logprobs: bool) -> St
                     event["logprobs"] = logprobs(segment.words or [])
                 yield sse(event)
         except Exception as exc:
+            audit.note(stream_error=as_openai_error(exc))
             yield sse_error_event(exc)
             return
         # The done text is exactly the concatenation of the deltas, so clients may use either.
-        done: dict[str, Any] = {
-            "type": "transcript.text.done",
-            "text": "".join(texts),
-            "usage": {"type": "duration", "seconds": math.ceil(stream.duration)},
-        }
+        # No `usage`: the SDK types it as token usage, which Whisper's duration is not.
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts)}
         if include_logprobs:
             done["logprobs"] = logprobs(words)
         yield sse(done)
@@ -203,6 +202,7 @@ def speech_response(speech: SpeechStream, *, stream_format: str, characters: int
                 count += 1
                 yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         except Exception as exc:
+            audit.note(stream_error=as_openai_error(exc))
             yield sse_error_event(exc)
             return
         # OpenAI counts tokens; our engines have none, so input counts characters and output the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -82,8 +83,13 @@ class ChunkingStrategyField(serializers.Field):
                     value[name] = float(data[name])
                 except (TypeError, ValueError):
                     raise serializers.ValidationError(f"'{name}' must be a number.") from None
+                if not math.isfinite(value[name]):
+                    raise serializers.ValidationError(f"'{name}' must be a finite number.")
         if not 0 <= value.get("threshold", 0.5) <= 1:
             raise serializers.ValidationError("'threshold' must be between 0 and 1.")
+        for name in ("prefix_padding_ms", "silence_duration_ms"):
+            if not 0 <= value.get(name, 0) <= 60_000:
+                raise serializers.ValidationError(f"'{name}' must be between 0 and 60000.")
         return value
 
     def to_representation(self, value: Any) -> Any:

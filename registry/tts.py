@@ -17,7 +17,7 @@ import numpy as np
 from registry import audio, audit, catalog, workers
 from registry.cache import model_cache
 from registry.engines.base import EngineError, Samples, UnknownVoice, VoiceSpec
-from registry.errors import InvalidRequest
+from registry.errors import InvalidRequest, as_openai_error
 from registry.models import ApiKey
 from registry.sentences import SpeakableFilter, split_sentences
 
@@ -127,6 +127,9 @@ async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
             yield first
             async for data in items:
                 yield data
+        except Exception as exc:
+            audit.note(stream_error=as_openai_error(exc))
+            raise
         finally:
             items.close()  # a client that went away stops synthesis before the next chunk
             audit.add_time("tts_ms", (time.perf_counter() - started) * 1000)

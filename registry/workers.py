@@ -117,10 +117,12 @@ class PoolStream(AsyncIterator[T]):
                 push(_ERROR, exc)
                 return
             finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()  # runs the generator's own cleanup (e.g. leaving model_cache.use) here
-                _release()
+                try:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()  # runs the generator's own cleanup (e.g. leaving model_cache.use) here
+                finally:
+                    _release()
             push(_END, None)
 
         self._future = pool().submit(contextvars.copy_context().run, produce)

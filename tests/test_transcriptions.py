@@ -367,3 +367,18 @@ def test_over_capacity_is_a_503_with_retry_after(tight_gateway, api_key):
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.json()["error"]["code"] == "server_busy" and int(busy.headers["retry-after"]) >= 1
     assert RequestLog.objects.get(request_id=busy.headers["x-request-id"]).status_code == 503
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-500"])
+def test_chunking_strategy_numbers_are_range_checked(http, value):
+    response = http.post(
+        "/v1/audio/transcriptions",
+        data={
+            "model": "whisper-1",
+            "chunking_strategy[type]": "server_vad",
+            "chunking_strategy[prefix_padding_ms]": value,
+        },
+        files={"file": upload()},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "chunking_strategy"

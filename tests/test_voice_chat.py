@@ -384,6 +384,22 @@ def test_client_disconnect_stops_the_upstream(gateway, api_key, upstream):
         ({"model": "fake-llm", "messages": []}, 400, "messages"),
         ({"model": "fake-llm", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
         ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": "fake-llm"}, 400, "messages"),
+        (
+            {"model": "fake-llm", "modalities": [{}], "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "modalities",
+        ),
+        (
+            {
+                "model": "fake-llm",
+                "modalities": ["text", "audio"],
+                "audio": {"voice": "alloy", "format": ["wav"]},
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            400,
+            "audio.format",
+        ),
         ({"model": "fake-llm", "n": 10, "messages": [{"role": "user", "content": "x"}]}, 400, "n"),
         (
             {
@@ -520,8 +536,10 @@ def test_unsupported_content_type_is_a_415(http):
 
 
 def test_the_upstream_key_never_leaks(client, gateway):
-    with pytest.raises(openai.AuthenticationError) as caught:
+    # The upstream refusing the gateway's key is the gateway's problem (502), not the client's 401.
+    with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="error-401", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502 and "refused the gateway's credentials" in caught.value.message
     assert UPSTREAM_KEY not in caught.value.response.text
     assert UPSTREAM_KEY not in gateway.log()
     assert UPSTREAM_KEY not in json.dumps(list(RequestLog.objects.values()), default=str)
@@ -529,3 +547,16 @@ def test_the_upstream_key_never_leaks(client, gateway):
     assert UPSTREAM_KEY.encode() not in b"".join(
         r.encode() for r in Upstream.objects.values_list("api_key_encrypted", flat=True)
     )
+
+
+def test_a_client_gone_before_the_response_still_gets_an_audit_row(gateway, api_key):
+    body = {"model": "slow-model", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key.secret}", "x-request-id": "gone-early-1"},
+            timeout=1,
+        )
+    row = row_for({"x-request-id": "gone-early-1"})
+    assert row.client_disconnected and row.status_code == 499

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 import dj_database_url
@@ -78,10 +79,21 @@ def _secret_key() -> str:
     if configured:
         return configured
     key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    try:
+        # O_EXCL: of several processes starting at once, one writes it and the others read it;
+        # 0o600 from the start, never world-readable for a moment.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    for _ in range(50):
+        value = key_file.read_text().strip()
+        if value:
+            return value
+        time.sleep(0.1)  # another process created it a moment ago and is still writing
+    raise ImproperlyConfigured(f"{key_file} is empty: remove it or set SECRET_KEY.")
 
 
 SECRET_KEY = _secret_key()
