@@ -13,43 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Gateway
+from bench.common import Gateway
 from registry.engines.base import EngineSpec, VoiceSpec
-
-RECIPES = ROOT.parent / "shared" / "recipes"
-CACHE_DIR = ROOT / ".cache"
+from tests.speech import kokoro_dir
 
 
 def kokoro_full_dir() -> Path:
-    """.cache/kokoro-full (config.json, kokoro-tiny.pth, voices/af_heart.pt): Kokoro-82M's sizes, random
-    weights. Built in a scratch directory and renamed into place, so no process sees half a model."""
-    target = CACHE_DIR / "kokoro-full"
-    if (target / "config.json").is_file() and (target / "voices" / "af_heart.pt").is_file():
-        return target
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="kokoro-full.", dir=CACHE_DIR))
-    try:
-        subprocess.run(
-            [sys.executable, str(RECIPES / "make_tiny_kokoro.py"), str(scratch), "--full"],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        try:
-            scratch.rename(target)
-        except OSError:  # another process got there first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    """.cache/kokoro-full: Kokoro-82M's sizes with random weights (the real architecture's compute)."""
+    return kokoro_dir("kokoro-full", full=True)
 
 
 def load_registry(gateway: Gateway, registry: dict[str, Any], name: str = "bench-registry.json") -> str:

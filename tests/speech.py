@@ -35,19 +35,25 @@ def piper_voice_path() -> Path:
 
 
 def tiny_kokoro_dir() -> Path:
-    """A random-weight Kokoro model directory (config.json, kokoro-tiny.pth, voices/af_heart.pt, am_adam.pt).
+    """A random-weight Kokoro (config.json, kokoro-tiny.pth, voices/af_heart.pt, am_adam.pt)."""
+    return kokoro_dir("tiny-kokoro")
 
-    Written once into .cache/tiny-kokoro; built in a scratch directory and renamed into place, so
-    a run interrupted half-way (or a second process) never sees a half-written model.
+
+def kokoro_dir(name: str, *, full: bool = False) -> Path:
+    """`.cache/NAME`, a random-weight Kokoro written by make_tiny_kokoro.py (`full`: Kokoro-82M's sizes).
+
+    Written once; built in a scratch directory and renamed into place, so a run interrupted half-way
+    (or a second process) never sees a half-written model.
     """
-    target = CACHE_DIR / "tiny-kokoro"
+    target = CACHE_DIR / name
     if (target / "config.json").is_file() and (target / "voices" / "af_heart.pt").is_file():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="tiny-kokoro.", dir=CACHE_DIR))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=CACHE_DIR))
     try:
+        size = ["--full"] if full else []
         subprocess.run(
-            [sys.executable, str(RECIPES / "make_tiny_kokoro.py"), str(scratch)],
+            [sys.executable, str(RECIPES / "make_tiny_kokoro.py"), str(scratch), *size],
             check=True,
             capture_output=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
