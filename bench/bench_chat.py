@@ -56,7 +56,7 @@ from bench.chat_figures import (  # noqa: E402
     summary_rows,
     whole_figures,
 )
-from bench.common import Gateway, machine_facts, markdown_table, median  # noqa: E402
+from bench.common import Gateway, machine_facts, markdown_table, median, warn_if_busy  # noqa: E402
 from bench.direct_speech import speak_stream, speak_whole  # noqa: E402
 from bench.registry_setup import load_registry, stt_target, tts_target, use_gateway_settings  # noqa: E402
 from bench.service_costs import VOICE_CHAT_OUTSIDE, payload_costs, service_costs  # noqa: E402
@@ -442,12 +442,7 @@ def main() -> None:
         f"of {args.runs} interleaved rounds; `bench/bench_chat.py`.\n"
     )
     print(markdown_table(["measure", "value", "target", "met"], summary_rows(s, w)))
-    load_after = os.getloadavg()[0]
-    if load_before > BUSY_LOAD:
-        print(
-            f"\nWARNING: the 1-minute load average was {load_before:.2f} before the run ({load_after:.2f} "
-            "after, this bench included): other processes shared the CPUs; expect noisier figures."
-        )
+    warn_if_busy(load_before, BUSY_LOAD)
     print(f"\n(bench wall time {time.perf_counter() - bench_started:.0f} s)")
 
 

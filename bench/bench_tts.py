@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from bench.common import Gateway, machine_facts, markdown_table, median  # noqa: E402
+from bench.common import Gateway, machine_facts, markdown_table, median, warn_if_busy  # noqa: E402
 from bench.direct_speech import Spoken, speak_stream  # noqa: E402
 from bench.registry_setup import kokoro_full_dir, load_registry, tts_target, use_gateway_settings  # noqa: E402
 from bench.service_costs import service_costs  # noqa: E402
@@ -397,12 +397,7 @@ def main() -> None:
         f"(Kokoro) and {args.piper_runs} (Piper) interleaved runs; `bench/bench_tts.py`.\n"
     )
     print(markdown_table(["measure", "value", "target", "met"], summary_rows(results)))
-    load_after = os.getloadavg()[0]
-    if load_before > BUSY_LOAD:
-        print(
-            f"\nWARNING: the 1-minute load average was {load_before:.2f} before the run ({load_after:.2f} "
-            "after, this bench included): other processes shared the CPUs; expect noisier figures."
-        )
+    warn_if_busy(load_before, BUSY_LOAD)
     print(f"\n(bench wall time {time.perf_counter() - bench_started:.0f} s)")
 
 

@@ -14,8 +14,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,18 +24,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+from tests import daphne
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Inherited settings that would point the throwaway gateway at a real deployment's state.
 _INHERITED_OUT = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Gateway:
@@ -147,47 +139,13 @@ class Gateway:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def _start(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir / "daphne.log"
-        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    self.application,
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited ({self.process.returncode}):\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"daphne did not answer /health within 60 s:\n{self.log()[-3000:]}")
+        self.process, self.url = daphne.start(self.env, self.log_path, application=self.application)
+        self.port = int(self.url.rpartition(":")[2])
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            daphne.stop(self.process)
 
 
 def cpu_model() -> str:
@@ -265,3 +223,13 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def warn_if_busy(load_before: float, busy: float) -> None:
+    """Say when other processes shared the CPUs: the figures are then noisier."""
+    load_after = os.getloadavg()[0]
+    if load_before > busy:
+        print(
+            f"\nWARNING: the 1-minute load average was {load_before:.2f} before the run ({load_after:.2f} "
+            "after, this bench included): other processes shared the CPUs; expect noisier figures."
+        )
