@@ -11,8 +11,9 @@ import httpx
 import pytest
 from django.contrib.auth.models import User
 
-from registry.models import ApiKey, RequestLog, SpeechToTextModel, TextToSpeechModel, Upstream
+from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
 from tests import speech
+from tests.audit_log import audit_row
 
 LOOPBACK_KEY = "sk-upstream-SECRET-never-shown"  # conftest's registry gives "loopback" this key
 TINY_EN = "Systran/faster-whisper-tiny.en"
@@ -227,10 +228,12 @@ def test_the_request_log_is_listed_filtered_and_read_only(admin, gateway, make_k
     assert (ok.status_code, denied.status_code) == (200, 401)
     ok_id, denied_id = ok.headers["x-request-id"], denied.headers["x-request-id"]
 
+    audit_row(ok_id)
+    audit_row(denied_id)
     listing = admin.page("/admin/registry/requestlog/")
     assert ok_id in listing and denied_id in listing
     assert '<nav class="toplinks">' in listing  # the date hierarchy's bar
-    row = RequestLog.objects.get(request_id=denied_id)
+    row = audit_row(denied_id)
     assert admin.get("/admin/registry/requestlog/", created__year=str(row.created.year)).status_code == 200
 
     only_401 = admin.page("/admin/registry/requestlog/", status_code__exact="401")
@@ -360,3 +363,22 @@ def test_a_model_that_cannot_load_is_a_503_shown_failed_and_retried(admin, gatew
     )
     assert response.status_code == 302, html.unescape(response.text)[:2000]
     assert " not loaded " in cache_row(admin.page("/admin/registry/speechtotextmodel/"), row.model_id)
+
+
+# --- Django's site middleware: the admin has it, /v1/ does not -----------------------------------
+
+
+def test_the_admin_keeps_csrf_sessions_and_frame_options_and_the_api_does_without(gateway, admin, http):
+    # A form posted without its CSRF token is refused (CsrfViewMiddleware.process_view still runs).
+    with httpx.Client(base_url=gateway.url, timeout=30) as anonymous:
+        anonymous.get("/admin/login/")
+        refused = anonymous.post("/admin/login/", data={"username": "x", "password": "y"})
+    assert refused.status_code == 403 and "CSRF" in refused.text
+    page = admin.get("/admin/")
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+    api = http.get("/v1/models")
+    assert api.status_code == 200
+    assert "set-cookie" not in api.headers and "x-frame-options" not in api.headers
+    assert api.headers["x-content-type-options"] == "nosniff"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from registry.models import RequestLog
+from tests.audit_log import audit_row
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -16,7 +16,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     assert body["error"]["message"]
     if code is not None:
         assert body["error"]["code"] == code
-    row = RequestLog.objects.get(request_id=response.headers["x-request-id"])
+    row = audit_row(response.headers["x-request-id"])
     assert row.status_code == status
     assert row.error_message == body["error"]["message"]
     return body["error"]

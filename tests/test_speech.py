@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from registry.models import RequestLog
+from tests.audit_log import audit_row
 from tests.wer import wer
 
 SENTENCE = "Please open the settings page and turn on the dark mode."  # 11 words: about 3 s of Piper
@@ -64,17 +64,6 @@ def speak(client: openai.OpenAI, text: str = SENTENCE, **kwargs) -> tuple[bytes,
     kwargs.setdefault("voice", "alloy")
     raw = client.audio.speech.with_raw_response.create(input=text, **kwargs)
     return raw.content, raw.headers
-
-
-def audit_row(rid: str, timeout: float = 5.0) -> RequestLog:
-    """The request's audit row; a streamed response's row is written after its last byte, so poll."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = RequestLog.objects.filter(request_id=rid).first()
-        if row is not None or time.monotonic() > deadline:
-            assert row is not None, f"no audit row for {rid}"
-            return row
-        time.sleep(0.05)
 
 
 def transcribe(client: openai.OpenAI, wav: bytes) -> str:

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from registry.models import RequestLog
+from tests.audit_log import audit_row as row_of
 from tests.speech import speech
 from tests.wer import wer
 
@@ -40,7 +41,7 @@ def reencode(wav: bytes, container: str, codec: str, rate: int = 16000) -> bytes
 
 
 def audit_row(response_headers) -> RequestLog:
-    return RequestLog.objects.get(request_id=response_headers["x-request-id"])
+    return row_of(response_headers["x-request-id"])
 
 
 def test_json_transcript_of_known_speech(client):
@@ -243,7 +244,7 @@ def bad(client, **kwargs) -> openai.APIStatusError:
         client.audio.transcriptions.create(**kwargs)
     error = caught.value
     assert set(error.body) == {"message", "type", "param", "code"}
-    row = RequestLog.objects.get(request_id=error.response.headers["x-request-id"])
+    row = row_of(error.response.headers["x-request-id"])
     assert row.status_code == error.status_code and row.error_message == error.body["message"]
     return error
 
@@ -366,7 +367,7 @@ def test_over_capacity_is_a_503_with_retry_after(tight_gateway, api_key):
     assert 200 in statuses and 503 in statuses, statuses
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.json()["error"]["code"] == "server_busy" and int(busy.headers["retry-after"]) >= 1
-    assert RequestLog.objects.get(request_id=busy.headers["x-request-id"]).status_code == 503
+    assert row_of(busy.headers["x-request-id"]).status_code == 503
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-500"])
