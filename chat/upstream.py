@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from registry import audit
+from registry import audit, snapshot
 from registry.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout
 from registry.keys import UndecryptableKey
 from registry.models import Upstream
@@ -56,7 +56,7 @@ async def route(model: str) -> Target:
     """The enabled upstream that lists `model`, else the default upstream. Raises ModelNotFound."""
     chosen: Upstream | None = None
     default: Upstream | None = None
-    async for upstream in Upstream.objects.filter(enabled=True):
+    for upstream in (await snapshot.current()).upstreams:
         if model in upstream.chat_models:
             chosen = upstream
             break

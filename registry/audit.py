@@ -3,10 +3,10 @@
 `AuditMiddleware` opens a record for each /v1/ request in a context variable; authentication
 and the services fill it (`note`, `add_model`, `add_time`) and the middleware hands it to the
 audit writer once the response is complete (or the last byte of a stream has been produced, or the
-client has gone). The writer is one background thread with its own database connection: the
-INSERT never delays a response, and rows land within milliseconds of it, in order. The middleware
-also gives every response its `x-request-id` and answers over-size bodies with a 413 before Django
-reads them.
+client has gone). The writer is a background thread with its own database connection
+(registry/db_threads.py): the INSERT never delays a response, and rows land within milliseconds of
+it, in order. The middleware also gives every response its `x-request-id` and answers over-size
+bodies with a 413 before Django reads them.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
+from registry import db_threads
 from registry.errors import OpenAIError, PayloadTooLarge, error_response
 
 logger = logging.getLogger(__name__)
@@ -163,11 +163,6 @@ def _content_length(request: HttpRequest) -> int:
         return 0
 
 
-# One thread, so rows are written in the order requests ended and SQLite never sees two audit
-# writers at once; it keeps its own database connection between rows.
-_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voiceproxy-audit")
-
-
 def write(record: AuditRecord, status_code: int) -> Future[None]:
     """Queue the record's RequestLog row; returns at once. The duration ends now."""
     stats = dict(record.stats)  # a snapshot: the request's own code may still touch the record
@@ -191,31 +186,19 @@ def write(record: AuditRecord, status_code: int) -> Future[None]:
         "bytes_out": record.bytes_out,
         **stats,
     }
-    return _writer.submit(_insert, fields)
+    future = db_threads.writer.submit(_insert, fields)
+    future.add_done_callback(lambda done: _report(done, record.request_id))
+    return future
 
 
 def _insert(fields: dict[str, Any]) -> None:
     from registry.models import RequestLog  # the app registry is ready by the first request
 
-    try:
-        RequestLog.objects.create(**fields)
-    except (InterfaceError, OperationalError):
-        # The kept connection may have been dropped (a database restart, an idle timeout): once
-        # more on a new one.
-        connection.close()
-        try:
-            RequestLog.objects.create(**fields)
-        except Exception:
-            _lost(fields)
-    except Exception:
-        _lost(fields)
+    RequestLog.objects.create(**fields)
 
 
-def _lost(fields: dict[str, Any]) -> None:
-    # The audit log must never turn a served request into a failure; say so loudly instead.
-    logger.exception("could not write the audit row for %s", fields["request_id"])
-
-
-def flush(timeout: float = 10.0) -> None:
-    """Wait until every row queued so far is written (tests, benchmarks, shutdown)."""
-    _writer.submit(lambda: None).result(timeout=timeout)
+def _report(done: Future[None], request_id: str) -> None:
+    exc = done.exception()
+    if exc is not None:
+        # The audit log must never turn a served request into a failure; say so loudly instead.
+        logger.error("could not write the audit row for %s", request_id, exc_info=exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -13,7 +13,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from registry import audit, keys
+from registry import audit, db_threads, keys, snapshot
 from registry.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from registry.models import ApiKey
 
@@ -31,7 +31,11 @@ def _fail(message: str) -> AuthenticationFailed:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """Runs in adrf's sync `initial` step (a worker thread), so the ORM is called directly."""
+    """Runs in adrf's sync `initial` step (a worker thread), so it may block.
+
+    Keys come from the in-memory registry (registry/snapshot.py), which this first check of the
+    request validates against the database: a revoked key fails from the next request on.
+    """
 
     def authenticate(self, request: Request) -> tuple[None, ApiKey] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
@@ -45,7 +49,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         audit_record = audit.current()
         if audit_record is not None:
             audit_record.key_prefix = shown
-        key = ApiKey.objects.filter(secret_hash=keys.hash_secret(token)).first()
+        key = snapshot.current_sync().api_key(keys.hash_secret(token))
         if key is None:
             hint = f" ({shown}…)" if shown else ""
             raise _fail(f"Incorrect API key provided{hint}.")
@@ -58,12 +62,17 @@ class ApiKeyAuthentication(BaseAuthentication):
         _check_rate(key)
         now = timezone.now()
         if key.last_used is None or now - key.last_used > _LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=key.pk).update(last_used=now)
+            key.last_used = now  # the snapshot's copy: the next requests skip this
+            db_threads.writer.submit(_touch, key.pk, now)
         return None, key
 
     def authenticate_header(self, request: Request) -> str:
         # Without it DRF turns a failed authentication into a 403.
         return 'Bearer realm="voiceproxy"'
+
+
+def _touch(pk: int, now: datetime) -> None:
+    ApiKey.objects.filter(pk=pk).update(last_used=now)
 
 
 def _check_rate(key: ApiKey) -> None:

@@ -1,7 +1,8 @@
 """The registry's read side: resolve what a client names (id or alias) to an enabled model or voice.
 
-Called from async services; each function does its ORM reads with the async query API and
-returns frozen specs, so no model instance or queryset ever reaches a worker thread.
+Called from async services. Name resolution reads the in-memory registry (registry/snapshot.py,
+checked once per request); the listings read the database with the async query API. Each returns
+frozen specs, so no model instance or queryset ever reaches a worker thread.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 from django.conf import settings
 
+from registry import snapshot
 from registry.auth import check_model_allowed, may_use
 from registry.engines.base import EngineSpec, VoiceSpec
 from registry.errors import InvalidRequest, ModelNotFound
@@ -65,30 +67,26 @@ async def model_for(
     Raises ModelNotFound (unknown, disabled, or no default), InvalidRequest (a model of the
     other task) and PermissionDenied (outside the key's model list).
     """
-    cls = _MODEL_CLASSES[task]
+    registry = await snapshot.current()
+    rows = registry.models(task)
     if not name:
-        row = await cls.objects.filter(enabled=True, is_default=True).afirst()
+        row = next((r for r in rows if r.is_default), None)
         if row is None:
             raise ModelNotFound(
                 f"No {_TASK_WORDS[task]} model is set as the default; name one in '{param}'.",
                 param=param,
             )
     else:
-        row = None
-        async for candidate in cls.objects.filter(enabled=True):
-            if _named(candidate, name):
-                row = candidate
-                break
+        row = next((r for r in rows if _named(r, name)), None)
         if row is None:
             other: Task = "tts" if task == "stt" else "stt"
-            async for candidate in _MODEL_CLASSES[other].objects.filter(enabled=True):
-                if _named(candidate, name):
-                    raise InvalidRequest(
-                        f"The model '{name}' is a {_TASK_WORDS[other]} model; this endpoint needs "
-                        f"a {_TASK_WORDS[task]} model.",
-                        param=param,
-                        code="wrong_model_type",
-                    )
+            if any(_named(r, name) for r in registry.models(other)):
+                raise InvalidRequest(
+                    f"The model '{name}' is a {_TASK_WORDS[other]} model; this endpoint needs "
+                    f"a {_TASK_WORDS[task]} model.",
+                    param=param,
+                    code="wrong_model_type",
+                )
             raise ModelNotFound(f"The model '{name}' does not exist.", param=param)
     model = resolved(row)
     check_model_allowed(api_key, [name or model.model_id, *model.names], param=param)
@@ -98,7 +96,7 @@ async def model_for(
 async def voice_for(*, model: ResolvedModel, name: str, param: str = "voice") -> VoiceSpec:
     """The model's enabled voice named `name` (its name or an alias). Raises InvalidRequest."""
     available: list[str] = []
-    async for voice in Voice.objects.filter(model_id=model.pk, enabled=True):
+    for voice in (await snapshot.current()).voices.get(model.pk, ()):
         if name == voice.name or name in (voice.aliases or []):
             return VoiceSpec(name=voice.name, source=voice.source, language=voice.language)
         available.extend([voice.name, *voice.aliases])
@@ -111,7 +109,8 @@ async def voice_for(*, model: ResolvedModel, name: str, param: str = "voice") ->
 
 
 async def default_voice(model: ResolvedModel) -> VoiceSpec | None:
-    voice = await Voice.objects.filter(model_id=model.pk, enabled=True).order_by("pk").afirst()
+    voices = (await snapshot.current()).voices.get(model.pk, ())
+    voice = voices[0] if voices else None
     return VoiceSpec(name=voice.name, source=voice.source, language=voice.language) if voice else None
 
 

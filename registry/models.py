@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import F
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from registry import keys
@@ -15,6 +19,53 @@ DEVICE_CHOICES = [("auto", "auto (CUDA when present)"), ("cpu", "CPU"), ("cuda",
 def _string_list(value: object, field: str) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ValidationError({field: "Must be a list of non-empty strings."})
+
+
+class RegistryVersion(models.Model):
+    """One row whose number goes up with every change to the registry, in the same transaction.
+
+    Every server process keeps the registry in memory (registry/snapshot.py) and compares this
+    number, once per /v1/ request, to know when to read it again. Saves and deletes of the
+    registry's models bump it through signals, their querysets' bulk updates by `RegistryQuerySet`.
+    """
+
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"registry version {self.version}"
+
+
+def bump_registry_version() -> None:
+    if not RegistryVersion.objects.filter(pk=1).update(version=F("version") + 1):
+        RegistryVersion.objects.get_or_create(pk=1, defaults={"version": 1})
+
+
+# Bookkeeping that changes nothing a request is served by: no new version for it.
+_UNVERSIONED_FIELDS = {"last_used", "updated"}
+
+
+class RegistryQuerySet(models.QuerySet):
+    """A queryset whose bulk writes bump the registry version (saves and deletes do through signals)."""
+
+    def update(self, **kwargs: Any) -> int:
+        count = super().update(**kwargs)
+        if count and set(kwargs) - _UNVERSIONED_FIELDS:
+            bump_registry_version()
+        return count
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> Any:
+        created = super().bulk_create(*args, **kwargs)
+        bump_registry_version()
+        return created
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        count = super().bulk_update(*args, **kwargs)
+        bump_registry_version()
+        return count
+
+
+def _registry_changed(**kwargs: Any) -> None:
+    bump_registry_version()
 
 
 class Upstream(models.Model):
@@ -31,6 +82,8 @@ class Upstream(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+
+    objects = RegistryQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -78,6 +131,8 @@ class ApiKey(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute; empty: unlimited."
     )
+
+    objects = RegistryQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created"]
@@ -133,6 +188,8 @@ class SpeechModel(models.Model):
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+
+    objects = RegistryQuerySet.as_manager()
 
     task = ""  # "stt" or "tts", set by the concrete models
 
@@ -211,6 +268,8 @@ class Voice(models.Model):
     )
     enabled = models.BooleanField(default=True)
 
+    objects = RegistryQuerySet.as_manager()
+
     class Meta:
         ordering = ["model__model_id", "name"]
         constraints = [models.UniqueConstraint(fields=["model", "name"], name="unique_voice_name")]
@@ -227,6 +286,11 @@ class Voice(models.Model):
         for name in [self.name, *self.aliases]:
             if name in taken:
                 raise ValidationError({"aliases": f"{name!r} already names another voice of this model."})
+
+
+for _model in (Upstream, ApiKey, SpeechToTextModel, TextToSpeechModel, Voice):
+    post_save.connect(_registry_changed, sender=_model, dispatch_uid=f"registry-version-{_model.__name__}")
+    post_delete.connect(_registry_changed, sender=_model, dispatch_uid=f"registry-version-{_model.__name__}")
 
 
 class RequestLog(models.Model):
