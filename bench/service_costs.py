@@ -1,11 +1,11 @@
 """The gateway's own per-request steps around the engines, timed one by one in the bench process.
 
-The functions are the gateway's (registry.catalog, registry.tts, chat.upstream, chat.audio_store, the
-audit row's INSERT, the thread hops), run here on the gateway's SQLite database after
+The functions are the gateway's (the registry snapshot, registry.tts, chat.upstream, chat.audio_store,
+the audit row's INSERT, the thread hops), run here on the gateway's SQLite database after
 `bench.registry_setup.use_gateway_settings`; then whole requests through Django's AsyncClient (the
-gateway's middleware, DRF and views in this process: no socket, no daphne), and one what-if with a
-lean MIDDLEWARE (override_settings, this process only). Each figure is the median of `runs` awaited
-calls after two untimed ones. The gateway must be idle meanwhile: the writes go to its database.
+gateway's middleware, DRF and views in this process: no socket, no daphne). Each figure is the median
+of `runs` awaited calls after two untimed ones. The gateway must be idle meanwhile: the writes go to
+its database.
 """
 
 from __future__ import annotations
@@ -57,18 +57,27 @@ async def _costs(
     from asgiref.sync import sync_to_async
     from django.core.cache import cache
     from django.db import connections
-    from django.test import AsyncClient, override_settings
+    from django.test import AsyncClient
 
-    from registry import keys, tts, workers
-    from registry.models import ApiKey, RequestLog
+    from registry import audit, db_threads, keys, snapshot, tts, workers
+    from registry.models import RequestLog
 
     def key_lookup() -> object:
-        return ApiKey.objects.filter(secret_hash=keys.hash_secret(api_key_secret)).first()
+        return snapshot.current_sync().api_key(keys.hash_secret(api_key_secret))
 
     def audit_insert() -> Awaitable[object]:
-        return RequestLog.objects.acreate(
-            request_id="req_bench_probe", method="POST", endpoint="/v1/bench-probe", status_code=200
+        return db_threads.writer.run(
+            RequestLog.objects.create,
+            request_id="req_bench_probe",
+            method="POST",
+            endpoint="/v1/bench-probe",
+            status_code=200,
         )
+
+    async def voicing_in_a_request() -> None:
+        # As in a request: the first lookup checks the registry version, the second reuses it.
+        audit._current.set(audit.AuditRecord(request_id="req_bench_probe", method="POST", endpoint="/"))
+        await tts.voicing(api_key=None, model=tts_model, voice=voice)
 
     rows = [
         ("thread hop: sync_to_async (thread-sensitive), no work", await _timed(sync_to_async(_noop), runs)),
@@ -77,12 +86,16 @@ async def _costs(
             await _timed(lambda: workers.run(_noop), runs),
         ),
         (
-            "auth: API key by hash, sync ORM behind a thread hop",
+            "registry version check (snapshot.current(), kept connection)",
+            await _timed(lambda: db_threads.reader.run(snapshot._fresh), runs),
+        ),
+        (
+            "auth: version check + API key from the snapshot, behind a thread hop",
             await _timed(sync_to_async(key_lookup), runs),
         ),
         (
-            "tts.voicing(): model + voice lookups",
-            await _timed(lambda: tts.voicing(api_key=None, model=tts_model, voice=voice), runs),
+            "tts.voicing(): version check + model and voice from the snapshot",
+            await _timed(voicing_in_a_request, runs),
         ),
     ]
     if chat_model is not None:
@@ -102,7 +115,9 @@ async def _costs(
             ),
             ("audio_store.save(): INSERT + expired DELETE", await _timed(save, runs)),
         ]
-    rows.append(("audit row: RequestLog INSERT (acreate)", await _timed(audit_insert, runs)))
+    rows.append(
+        ("audit row INSERT on the writer thread (after the response)", await _timed(audit_insert, runs))
+    )
 
     # The whole Django side (middleware, DRF, view, audit row) in this process: no socket, no daphne.
     django_client = AsyncClient()
@@ -126,16 +141,6 @@ async def _costs(
             await _timed(lambda: checked(django_client.get("/v1/models", headers=auth)), runs),
         ),
     ]
-    # What-if, this process only: /v1/ needs none of the admin's middleware (sessions, CSRF, auth,
-    # messages), and under ASGI each MiddlewareMixin method is a thread hop (__acall__ uses sync_to_async).
-    with override_settings(MIDDLEWARE=["registry.audit.AuditMiddleware"]):
-        lean_client = AsyncClient()  # a new handler: it builds its middleware chain on first use
-        rows.append(
-            (
-                "  what-if: the same GET /v1/models with MIDDLEWARE = [AuditMiddleware] only",
-                await _timed(lambda: checked(lean_client.get("/v1/models", headers=auth)), runs),
-            )
-        )
     if chat_model is not None:
         body = {"model": chat_model, "messages": [{"role": "user", "content": "hi"}]}
         rows.append(

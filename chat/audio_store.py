@@ -7,6 +7,7 @@ Shared by every worker process and kept across restarts: Redis (through Django's
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -14,8 +15,11 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from chat.models import AudioReply
+from registry import db_threads
 
 _PREFIX = "voiceproxy:audio:"
+_PURGE_EVERY_S = 60.0
+_last_purge = 0.0
 
 
 def new_id() -> str:
@@ -31,9 +35,20 @@ async def save(audio_id: str, transcript: str, expires_at: datetime) -> None:
         ttl = max(1, int((expires_at - timezone.now()).total_seconds()))
         await cache.aset(_PREFIX + audio_id, transcript, timeout=ttl)
         return
-    await AudioReply.objects.acreate(audio_id=audio_id, transcript=transcript, expires_at=expires_at)
-    # Expired rows are dropped as new ones arrive, so the table holds about one TTL of replies.
-    await AudioReply.objects.filter(expires_at__lt=timezone.now()).adelete()
+    # On the writer's kept connection, awaited: the id must resolve as soon as the client has it.
+    await db_threads.writer.run(
+        AudioReply.objects.create, audio_id=audio_id, transcript=transcript, expires_at=expires_at
+    )
+    # Expired rows are dropped as new ones arrive (at most once a minute, after this reply), so the
+    # table holds about one TTL of replies.
+    global _last_purge
+    if time.monotonic() - _last_purge > _PURGE_EVERY_S:
+        _last_purge = time.monotonic()
+        db_threads.writer.submit(_purge)
+
+
+def _purge() -> None:
+    AudioReply.objects.filter(expires_at__lt=timezone.now()).delete()
 
 
 async def transcript(audio_id: str) -> str | None:
