@@ -1,8 +1,8 @@
 """The registry's read side: resolve what a client names (id or alias) to an enabled model or voice.
 
-Called from async services. Name resolution reads the in-memory registry (registry/snapshot.py,
-checked once per request); the listings read the database with the async query API. Each returns
-frozen specs, so no model instance or queryset ever reaches a worker thread.
+Called from async services; everything is read from the in-memory registry (registry/snapshot.py,
+checked against the database once per request). Resolution returns frozen specs, so no model
+instance or queryset ever reaches a worker thread.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from registry import snapshot
 from registry.auth import check_model_allowed, may_use
 from registry.engines.base import EngineSpec, VoiceSpec
 from registry.errors import InvalidRequest, ModelNotFound
-from registry.models import ApiKey, SpeechModel, SpeechToTextModel, TextToSpeechModel, Upstream, Voice
+from registry.models import ApiKey, SpeechModel, SpeechToTextModel, TextToSpeechModel
 
 Task = Literal["stt", "tts"]
 _MODEL_CLASSES: dict[Task, type[SpeechModel]] = {"stt": SpeechToTextModel, "tts": TextToSpeechModel}
@@ -135,13 +135,14 @@ async def model_objects(api_key: ApiKey | None) -> list[dict[str, Any]]:
         seen.add(model_id)
         objects.append(_model_object(model_id, created, owned_by, **extra))
 
-    for task, cls in _MODEL_CLASSES.items():
-        async for row in cls.objects.filter(enabled=True).order_by("model_id"):
+    registry = await snapshot.current()
+    for task in _MODEL_CLASSES:
+        for row in registry.models(task):
             names = [row.model_id, *row.aliases]
             add(row.model_id, row.created, "voiceproxy", names, task=task)
             for alias in row.aliases:
                 add(alias, row.created, "voiceproxy", names, task=task, alias_of=row.model_id)
-    async for upstream in Upstream.objects.filter(enabled=True).order_by("name"):
+    for upstream in registry.upstreams:
         for name in upstream.chat_models:
             add(name, upstream.created, upstream.name, [name], task="chat")
     return objects
@@ -159,11 +160,12 @@ async def voice_objects(api_key: ApiKey | None, *, model: str | None) -> list[di
     if model:
         models = [await model_for(task="tts", api_key=api_key, name=model)]
     else:
-        models = [resolved(row) async for row in TextToSpeechModel.objects.filter(enabled=True)]
+        models = [resolved(row) for row in (await snapshot.current()).tts_models]
         models = [m for m in models if may_use(api_key, list(m.names))]
+    registry = await snapshot.current()
     objects: list[dict[str, Any]] = []
     for m in models:
-        async for voice in Voice.objects.filter(model_id=m.pk, enabled=True).order_by("name"):
+        for voice in sorted(registry.voices.get(m.pk, ()), key=lambda v: v.name):
             objects.append(
                 {
                     "id": voice.name,
