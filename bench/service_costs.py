@@ -66,7 +66,7 @@ async def _costs(
         return snapshot.current_sync().api_key(keys.hash_secret(api_key_secret))
 
     def audit_insert() -> Awaitable[object]:
-        return db_threads.writer.run(
+        return db_threads.foreground.run(
             RequestLog.objects.create,
             request_id="req_bench_probe",
             method="POST",
@@ -76,8 +76,13 @@ async def _costs(
 
     async def voicing_in_a_request() -> None:
         # As in a request: the first lookup checks the registry version, the second reuses it.
-        audit._current.set(audit.AuditRecord(request_id="req_bench_probe", method="POST", endpoint="/"))
-        await tts.voicing(api_key=None, model=tts_model, voice=voice)
+        token = audit._current.set(
+            audit.AuditRecord(request_id="req_bench_probe", method="POST", endpoint="/")
+        )
+        try:
+            await tts.voicing(api_key=None, model=tts_model, voice=voice)
+        finally:
+            audit._current.reset(token)
 
     rows = [
         ("thread hop: sync_to_async (thread-sensitive), no work", await _timed(sync_to_async(_noop), runs)),
@@ -87,7 +92,7 @@ async def _costs(
         ),
         (
             "registry version check (snapshot.current(), kept connection)",
-            await _timed(lambda: db_threads.reader.run(snapshot._fresh), runs),
+            await _timed(lambda: db_threads.foreground.run(snapshot._fresh), runs),
         ),
         (
             "auth: version check + API key from the snapshot, behind a thread hop",
@@ -116,7 +121,7 @@ async def _costs(
             ("audio_store.save(): INSERT + expired DELETE", await _timed(save, runs)),
         ]
     rows.append(
-        ("audit row INSERT on the writer thread (after the response)", await _timed(audit_insert, runs))
+        ("audit row INSERT on a kept connection (after the response)", await _timed(audit_insert, runs))
     )
 
     # The whole Django side (middleware, DRF, view, audit row) in this process: no socket, no daphne.

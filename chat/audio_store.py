@@ -35,16 +35,19 @@ async def save(audio_id: str, transcript: str, expires_at: datetime) -> None:
         ttl = max(1, int((expires_at - timezone.now()).total_seconds()))
         await cache.aset(_PREFIX + audio_id, transcript, timeout=ttl)
         return
-    # On the writer's kept connection, awaited: the id must resolve as soon as the client has it.
-    await db_threads.writer.run(
-        AudioReply.objects.create, audio_id=audio_id, transcript=transcript, expires_at=expires_at
+    # On a kept connection, awaited: the id must resolve as soon as the client has it. get_or_create,
+    # so that a repeat after a dropped connection is harmless.
+    await db_threads.foreground.run(
+        AudioReply.objects.get_or_create,
+        audio_id=audio_id,
+        defaults={"transcript": transcript, "expires_at": expires_at},
     )
     # Expired rows are dropped as new ones arrive (at most once a minute, after this reply), so the
     # table holds about one TTL of replies.
     global _last_purge
     if time.monotonic() - _last_purge > _PURGE_EVERY_S:
         _last_purge = time.monotonic()
-        db_threads.writer.submit(_purge)
+        db_threads.background.later(_purge, what="purge expired audio replies")
 
 
 def _purge() -> None:

@@ -2,10 +2,10 @@
 
 `AuditMiddleware` opens a record for each /v1/ request in a context variable; authentication
 and the services fill it (`note`, `add_model`, `add_time`) and the middleware hands it to the
-audit writer once the response is complete (or the last byte of a stream has been produced, or the
-client has gone). The writer is a background thread with its own database connection
-(registry/db_threads.py): the INSERT never delays a response, and rows land within milliseconds of
-it, in order. The middleware also gives every response its `x-request-id` and answers over-size
+background database thread once the response is complete (or the last byte of a stream has been
+produced, or the client has gone): the INSERT never delays a response, and rows land within
+milliseconds of it, in order (registry/db_threads.py). A failed INSERT is logged, never turned into
+a failed request. The middleware also gives every response its `x-request-id` and answers over-size
 bodies with a 413 before Django reads them.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 
 from registry import db_threads
@@ -113,6 +114,27 @@ class AuditMiddleware:
         # services still write to the record.
         _current.set(record)
         record.bytes_in = _content_length(request)
+        try:
+            # Django checks ALLOWED_HOSTS here; its CommonMiddleware, which would, stays off /v1/.
+            request.get_host()
+        except DisallowedHost as exc:
+            response: HttpResponseBase = error_response(exc)
+        else:
+            response = await self._respond(request, record)
+        response["x-request-id"] = record.request_id
+        # What Django's SecurityMiddleware would add; it stays off /v1/ (voiceproxy/middleware.py).
+        response.setdefault("X-Content-Type-Options", "nosniff")
+        record.error = getattr(response, "openai_error", None)
+        if isinstance(response, StreamingHttpResponse):
+            response.streaming_content = self._watch_stream(response.streaming_content, response, record)
+        else:
+            record.bytes_out = len(getattr(response, "content", b""))
+            if not response.has_header("Content-Length"):  # as CommonMiddleware would
+                response["Content-Length"] = str(record.bytes_out)
+            write(record, response.status_code)
+        return response
+
+    async def _respond(self, request: HttpRequest, record: AuditRecord) -> HttpResponseBase:
         if record.bytes_in > settings.VOICEPROXY_MAX_BODY_BYTES:
             response: HttpResponseBase = error_response(
                 PayloadTooLarge(
@@ -129,15 +151,6 @@ class AuditMiddleware:
                 record.stats["client_disconnected"] = True
                 write(record, 499)
                 raise
-        response["x-request-id"] = record.request_id
-        # What Django's SecurityMiddleware would add; it stays off /v1/ (voiceproxy/middleware.py).
-        response.setdefault("X-Content-Type-Options", "nosniff")
-        record.error = getattr(response, "openai_error", None)
-        if isinstance(response, StreamingHttpResponse):
-            response.streaming_content = self._watch_stream(response.streaming_content, response, record)
-        else:
-            record.bytes_out = len(getattr(response, "content", b""))
-            write(record, response.status_code)
         return response
 
     async def _watch_stream(
@@ -186,19 +199,11 @@ def write(record: AuditRecord, status_code: int) -> Future[None]:
         "bytes_out": record.bytes_out,
         **stats,
     }
-    future = db_threads.writer.submit(_insert, fields)
-    future.add_done_callback(lambda done: _report(done, record.request_id))
-    return future
+    # An INSERT repeated after a dropped connection may, rarely, log a request twice: better than not at all.
+    return db_threads.background.later(_insert, fields, what=f"write the audit row for {record.request_id}")
 
 
 def _insert(fields: dict[str, Any]) -> None:
     from registry.models import RequestLog  # the app registry is ready by the first request
 
     RequestLog.objects.create(**fields)
-
-
-def _report(done: Future[None], request_id: str) -> None:
-    exc = done.exception()
-    if exc is not None:
-        # The audit log must never turn a served request into a failure; say so loudly instead.
-        logger.error("could not write the audit row for %s", request_id, exc_info=exc)

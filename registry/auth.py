@@ -63,7 +63,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         now = timezone.now()
         if key.last_used is None or now - key.last_used > _LAST_USED_RESOLUTION:
             key.last_used = now  # the snapshot's copy: the next requests skip this
-            db_threads.writer.submit(_touch, key.pk, now)
+            db_threads.background.later(_touch, key.pk, now, what=f"record the last use of key {key.prefix}")
         return None, key
 
     def authenticate_header(self, request: Request) -> str:

@@ -15,6 +15,7 @@
     ├── InternalError           500  server_error
     ├── UpstreamError           502  upstream_error (or the upstream's own status and body for a 4xx)
     ├── ServerBusy              503  server_error, code "server_busy", Retry-After
+    │   └── DatabaseUnavailable 503  code "database_unavailable" (no answer in time)
     ├── ModelUnavailable        503  server_error, code "model_unavailable" (failed to load)
     └── UpstreamTimeout         504  upstream_error, code "upstream_timeout"
 
@@ -29,7 +30,7 @@ import json
 import logging
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
@@ -146,6 +147,10 @@ class ServerBusy(OpenAIError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class DatabaseUnavailable(ServerBusy):
+    code = "database_unavailable"
+
+
 class ModelUnavailable(OpenAIError):
     status = 503
     type = "server_error"
@@ -207,6 +212,11 @@ def as_openai_error(exc: BaseException) -> OpenAIError:
         return RateLimited(str(exc.detail), retry_after=int(exc.wait or 1))
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is larger than this server accepts.")
+    if isinstance(exc, DisallowedHost):
+        return InvalidRequest(
+            "The Host header names a host this server does not serve (VOICEPROXY_ALLOWED_HOSTS).",
+            code="invalid_host",
+        )
     if isinstance(exc, SuspiciousOperation):
         return InvalidRequest("The request was malformed.", code="invalid_request")
     if isinstance(exc, drf.APIException):

@@ -30,6 +30,7 @@ from registry.models import (
 )
 
 MAX_AGE_S = 60.0
+MAX_UNKNOWN_KEYS = 10_000
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Snapshot:
     voices: dict[int, tuple[Voice, ...]]  # model pk -> its enabled voices, oldest first
     upstreams: tuple[Upstream, ...]  # enabled, by name
     keys: dict[str, ApiKey] = field(default_factory=dict)  # secret hash -> key, filled as keys are seen
+    unknown: set[str] = field(default_factory=set)  # hashes of no key (bounded): a flood of bad keys
 
     def models(self, task: str) -> tuple[SpeechModel, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -51,10 +53,12 @@ class Snapshot:
         Blocking on a key not seen since the last change: call from sync code off the event loop.
         """
         key = self.keys.get(secret_hash)
-        if key is None:
-            key = db_threads.reader.call(_read_key, secret_hash)
+        if key is None and secret_hash not in self.unknown:
+            key = db_threads.foreground.call(_read_key, secret_hash)
             if key is not None:
                 self.keys[secret_hash] = key
+            elif len(self.unknown) < MAX_UNKNOWN_KEYS:
+                self.unknown.add(secret_hash)  # a key made later bumps the version: a new snapshot
         return key
 
 
@@ -69,7 +73,7 @@ async def current() -> Snapshot:
     """The registry as of this request (checked on the first call of each /v1/ request)."""
     checked = _memo()
     if checked is None:
-        checked = _remember(await db_threads.reader.run(_fresh))
+        checked = _remember(await db_threads.foreground.run(_fresh))
     return checked
 
 
@@ -77,7 +81,7 @@ def current_sync() -> Snapshot:
     """`current()` for sync code running off the event loop (DRF authentication)."""
     checked = _memo()
     if checked is None:
-        checked = _remember(db_threads.reader.call(_fresh))
+        checked = _remember(db_threads.foreground.call(_fresh))
     return checked
 
 
@@ -97,7 +101,7 @@ def _remember(snapshot: Snapshot) -> Snapshot:
 
 
 def _fresh() -> Snapshot:
-    """Runs on the reader thread: the kept snapshot if the registry has not changed, else a new one."""
+    """The kept snapshot if the registry has not changed, else a new one (on the foreground thread)."""
     global _latest
     version = RegistryVersion.objects.filter(pk=1).values_list("version", flat=True).first()
     latest = _latest

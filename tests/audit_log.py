@@ -1,14 +1,16 @@
-"""Reading the gateway's audit log from the tests.
+"""Reading what the gateway records after a response: its audit log, a key's last use.
 
-The gateway hands each RequestLog row to a background writer as the response ends, so a row lands
-a few milliseconds after the client has its answer: wait for it rather than race it.
+The gateway hands each RequestLog row (and a key's `last_used`) to a background writer as the
+response ends, so they land a few milliseconds after the client has its answer: wait for them
+rather than race them.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
-from registry.models import RequestLog
+from registry.models import ApiKey, RequestLog
 
 
 def audit_rows(*, count: int = 1, timeout: float = 5.0, **filters: object) -> list[RequestLog]:
@@ -28,3 +30,15 @@ def audit_rows(*, count: int = 1, timeout: float = 5.0, **filters: object) -> li
 def audit_row(request_id: str, timeout: float = 5.0) -> RequestLog:
     """The audit row of the request with this x-request-id."""
     return audit_rows(request_id=request_id, timeout=timeout)[0]
+
+
+def last_used(key: ApiKey, timeout: float = 5.0) -> datetime:
+    """The key's `last_used`, once the gateway has written one (AssertionError after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        key.refresh_from_db(fields=["last_used"])
+        if key.last_used is not None:
+            return key.last_used
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no last_used written for {key} within {timeout:g} s")
+        time.sleep(0.02)

@@ -382,3 +382,4 @@ def test_the_admin_keeps_csrf_sessions_and_frame_options_and_the_api_does_withou
     assert api.status_code == 200
     assert "set-cookie" not in api.headers and "x-frame-options" not in api.headers
     assert api.headers["x-content-type-options"] == "nosniff"
+    assert api.headers["content-length"] == str(len(api.content))

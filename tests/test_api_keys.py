@@ -14,7 +14,7 @@ import redis
 from django.utils import timezone
 
 from registry.models import ApiKey
-from tests.audit_log import audit_row, audit_rows
+from tests.audit_log import audit_row, audit_rows, last_used
 from tests.conftest import ROOT, Server, server_env
 
 
@@ -81,8 +81,7 @@ def test_key_not_yet_expired_works_and_records_last_used(make_key, openai_client
     key = make_key("fresh", expires_at=timezone.now() + timedelta(days=1))
     assert key.row.last_used is None
     openai_client(api_key=key.secret).models.list()
-    key.row.refresh_from_db()
-    assert key.row.last_used is not None
+    assert last_used(key.row) > timezone.now() - timedelta(minutes=1)
 
 
 def test_scoped_key_sees_only_its_models(make_key, openai_client):
@@ -185,10 +184,13 @@ def test_rate_limit_is_shared_by_processes_through_redis(redis_servers, make_key
     assert ready == {"status": "ok", "checks": {"database": True, "redis": True}}
 
 
-def test_anonymous_access_only_when_the_setting_allows_it(gateway, tmp_path_factory):
+def test_anonymous_access_only_when_the_setting_allows_it_and_only_for_allowed_hosts(
+    gateway, tmp_path_factory
+):
     assert httpx.get(f"{gateway.url}/v1/models").status_code == 401  # the default: off
     server = Server(
-        server_env(VOICEPROXY_ALLOW_ANONYMOUS="true"), tmp_path_factory.mktemp("anon") / "daphne.log"
+        server_env(VOICEPROXY_ALLOW_ANONYMOUS="true", VOICEPROXY_ALLOWED_HOSTS="127.0.0.1,localhost"),
+        tmp_path_factory.mktemp("anon") / "daphne.log",
     )
     try:
         response = httpx.get(f"{server.url}/v1/models")
@@ -200,5 +202,10 @@ def test_anonymous_access_only_when_the_setting_allows_it(gateway, tmp_path_fact
             httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer vp-wrong"}).status_code
             == 401
         )
+        # A page a browser loaded from another name that resolves here (DNS rebinding) gets nothing.
+        foreign = httpx.get(f"{server.url}/v1/models", headers={"Host": "evil.example"})
+        assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "invalid_host"
+        assert "evil.example" not in foreign.text
+        assert audit_row(foreign.headers["x-request-id"]).status_code == 400
     finally:
         server.stop()

@@ -6,7 +6,6 @@ process would) and call the daphne server at once: no waiting, no restart.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import openai
@@ -14,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from registry.models import ApiKey, RegistryVersion, TextToSpeechModel, Voice
+from tests.audit_log import last_used
 
 
 def version() -> int:
@@ -72,18 +72,11 @@ def test_a_key_revoked_and_restored_by_bulk_update_applies_from_the_next_request
     assert speak(client) == 200
 
 
-def wait_for_last_used(key) -> None:
-    deadline = time.monotonic() + 5
-    while ApiKey.objects.get(pk=key.row.pk).last_used is None:
-        assert time.monotonic() < deadline, "last_used was never written"
-        time.sleep(0.02)
-
-
 def test_last_used_is_written_after_the_response_at_most_every_30_s(make_key, openai_client):
     key = make_key("snapshot-last-used")
     client = openai_client(api_key=key.secret)
     client.models.list()
-    wait_for_last_used(key)
+    last_used(key.row)
     before = version()
     ApiKey.objects.filter(pk=key.row.pk).update(last_used=None)  # bookkeeping: no new version
     assert version() == before
@@ -91,6 +84,6 @@ def test_last_used_is_written_after_the_response_at_most_every_30_s(make_key, op
 
     other = make_key("snapshot-last-used-2")
     openai_client(api_key=other.secret).models.list()
-    wait_for_last_used(other)  # one writer, in order: the request before it has been written too
+    last_used(other.row)  # one writer, in order: the request before it has been written too
     assert ApiKey.objects.get(pk=key.row.pk).last_used is None
     assert version() == before + 1  # make_key's save bumped it; the last_used writes did not

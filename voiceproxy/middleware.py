@@ -17,6 +17,7 @@ from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
@@ -24,6 +25,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 
 API_PREFIX = "/v1/"
+# Hooks Django collects from the middleware it instantiates; a wrapper would hide them.
+_UNSUPPORTED_HOOKS = ("process_exception", "process_template_response")
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -40,6 +43,9 @@ class SiteOnly:
     sync_capable = False
 
     def __init__(self, get_response: GetResponse) -> None:
+        unsupported = [hook for hook in _UNSUPPORTED_HOOKS if hasattr(self.wrapped, hook)]
+        if unsupported:
+            raise ImproperlyConfigured(f"SiteOnly cannot wrap {self.wrapped.__name__}: it has {unsupported}.")
         self.get_response = get_response
         self.inner = self.wrapped(get_response)
         markcoroutinefunction(self)
