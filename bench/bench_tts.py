@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument(
         "--piper-runs",
         type=int,
-        default=21,
+        default=41,
         help="Piper (~0.2 s a call): timed runs per format and side (min 5)",
     )
     parser.add_argument("--formats", default="pcm,mp3", help="response formats, comma-separated (pcm,mp3)")
