@@ -157,12 +157,12 @@ async def model_object(api_key: ApiKey | None, model_id: str) -> dict[str, Any]:
 
 async def voice_objects(api_key: ApiKey | None, *, model: str | None) -> list[dict[str, Any]]:
     """The enabled voices of the text-to-speech models this key may use (of `model` only, if given)."""
+    registry = await snapshot.current()
     if model:
         models = [await model_for(task="tts", api_key=api_key, name=model)]
     else:
-        models = [resolved(row) for row in (await snapshot.current()).tts_models]
+        models = [resolved(row) for row in registry.tts_models]
         models = [m for m in models if may_use(api_key, list(m.names))]
-    registry = await snapshot.current()
     objects: list[dict[str, Any]] = []
     for m in models:
         for voice in sorted(registry.voices.get(m.pk, ()), key=lambda v: v.name):
