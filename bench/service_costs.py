@@ -197,22 +197,9 @@ def service_costs(
     )
 
 
-async def _voice_chat_in_process(
-    *, api_key_secret: str, model: str, voice: str, wav: bytes, runs: int
-) -> tuple[float, float]:
-    """The non-streaming voice chat (input_audio wav in, wav out) through Django in this process, no socket
-    and no daphne, the same clip each time (a transcript cache hit after the first, untimed, call).
-
-    Returns the median seconds per request and the median of each request's total minus its own
-    llm_ms + tts_ms (RequestLog): the Django-side time outside the engines."""
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-    from django.test import AsyncClient
-
-    from registry.models import RequestLog
-
-    client = AsyncClient()
-    body = {
+def spoken_question(*, model: str, voice: str, wav: bytes) -> dict[str, Any]:
+    """The voice-chat request the benchmarks send: `wav` as input_audio, a wav reply wanted."""
+    return {
         "model": model,
         "modalities": ["text", "audio"],
         "audio": {"voice": voice, "format": "wav"},
@@ -228,6 +215,24 @@ async def _voice_chat_in_process(
             }
         ],
     }
+
+
+async def _voice_chat_in_process(
+    *, api_key_secret: str, model: str, voice: str, wav: bytes, runs: int
+) -> tuple[float, float]:
+    """The non-streaming voice chat (input_audio wav in, wav out) through Django in this process, no socket
+    and no daphne, the same clip each time (a transcript cache hit after the first, untimed, call).
+
+    Returns the median seconds per request and the median of each request's total minus its own
+    llm_ms + tts_ms (RequestLog): the Django-side time outside the engines."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+    from django.test import AsyncClient
+
+    from registry.models import RequestLog
+
+    client = AsyncClient()
+    body = spoken_question(model=model, voice=voice, wav=wav)
     totals: dict[str, float] = {}
     for i in range(
         runs + 2
@@ -272,21 +277,7 @@ def payload_costs(
 ) -> list[tuple[str, float]]:
     """The work a non-streaming voice reply adds around stt, llm and tts, on real sizes: `wav` comes in
     as input_audio, `reply_wav` goes out as message.audio.data. Pure CPU, timed in this process."""
-    request = json.dumps(
-        {
-            "model": model,
-            "modalities": ["text", "audio"],
-            "audio": {"voice": voice, "format": "wav"},
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode()}}
-                    ],
-                }
-            ],
-        }
-    )
+    request = json.dumps(spoken_question(model=model, voice=voice, wav=wav))
     body = {
         "id": "chatcmpl-bench",
         "object": "chat.completion",
