@@ -56,7 +56,15 @@ from bench.chat_figures import (  # noqa: E402
     summary_rows,
     whole_figures,
 )
-from bench.common import Gateway, machine_facts, markdown_table, median, warn_if_busy  # noqa: E402
+from bench.common import (  # noqa: E402
+    STT_MAX_SECONDS,
+    STT_SAMPLE_RATE,
+    Gateway,
+    machine_facts,
+    markdown_table,
+    median,
+    warn_if_busy,
+)
 from bench.direct_speech import speak_stream, speak_whole  # noqa: E402
 from bench.registry_setup import load_registry, stt_target, tts_target, use_gateway_settings  # noqa: E402
 from bench.service_costs import VOICE_CHAT_OUTSIDE, payload_costs, service_costs  # noqa: E402
@@ -95,8 +103,6 @@ QUESTIONS = [
 WARMUP_ROUNDS = 2
 SETTLE_S = 0.15  # between calls: lets the other side's threads go idle
 BUSY_LOAD = 1.0
-SAMPLE_RATE = 16_000
-MAX_SECONDS = 1800.0  # the gateway's default VOICEPROXY_MAX_AUDIO_SECONDS, passed to decode as it does
 
 
 @dataclass
@@ -148,7 +154,7 @@ class Parts:
     def transcribe(self, wav: bytes) -> tuple[str, float]:
         """(the transcript, seconds spent decoding)."""
         started = time.perf_counter()
-        samples, _ = audio.decode(wav, sample_rate=SAMPLE_RATE, max_seconds=MAX_SECONDS)
+        samples, _ = audio.decode(wav, sample_rate=STT_SAMPLE_RATE, max_seconds=STT_MAX_SECONDS)
         decoded = time.perf_counter() - started
         # The arguments registry/stt.py's _start() passes for default SttOptions.
         segments, _ = self.whisper.transcribe(

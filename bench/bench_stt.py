@@ -36,7 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from bench.common import Gateway, Neighbours, machine_facts, markdown_table, median, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    STT_MAX_SECONDS,
+    STT_SAMPLE_RATE,
+    Gateway,
+    Neighbours,
+    machine_facts,
+    markdown_table,
+    median,
+    percentile,
+)
 from registry import audio  # noqa: E402
 from registry.engines.base import EngineSpec  # noqa: E402
 from registry.engines.whisper import _DEFAULT_TEMPERATURES, WhisperEngine  # noqa: E402
@@ -56,8 +65,6 @@ LOAD_ROUNDS = 3  # batches of CONCURRENT, so the p99 rests on a few hundred poll
 UPLOAD_MIB = 10
 NEIGHBOURS_LIMIT = 0.2  # cores' worth of other processes' CPU use above which the figures are suspect
 IDLE_POLL_S = 2.0
-SAMPLE_RATE = 16_000
-MAX_SECONDS = 1800.0  # the gateway's default VOICEPROXY_MAX_AUDIO_SECONDS, passed to decode as it does
 
 
 @dataclass
@@ -94,7 +101,7 @@ class Runner:
 
     def engine_call(self, clip: Clip) -> str:
         started = time.perf_counter()
-        samples, _ = audio.decode(clip.wav, sample_rate=SAMPLE_RATE, max_seconds=MAX_SECONDS)
+        samples, _ = audio.decode(clip.wav, sample_rate=STT_SAMPLE_RATE, max_seconds=STT_MAX_SECONDS)
         clip.decode_ms.append((time.perf_counter() - started) * 1000)
         # The arguments registry/stt.py's _start() passes for a plain request.
         segments, _ = self.engine.transcribe(
@@ -404,7 +411,7 @@ def main() -> None:
     clips = []
     for name, text in CLIPS.items():
         wav = speech(text)
-        clips.append(Clip(name=name, wav=wav, seconds=audio.decode(wav, sample_rate=SAMPLE_RATE)[1]))
+        clips.append(Clip(name=name, wav=wav, seconds=audio.decode(wav, sample_rate=STT_SAMPLE_RATE)[1]))
     described = (f"{c.name}: {c.seconds:.2f} s of espeak-ng speech, {len(c.wav)} bytes WAV" for c in clips)
     print("clips:   " + ", ".join(described))
 

@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Inherited settings that would point the throwaway gateway at a real deployment's state.
 _INHERITED_OUT = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE")
 
+# Speech to text decodes to 16 kHz, capped at the gateway's default VOICEPROXY_MAX_AUDIO_SECONDS,
+# as registry.stt does: the benches' direct side passes the same to registry.audio.decode.
+STT_SAMPLE_RATE = 16_000
+STT_MAX_SECONDS = 1800.0
+
 
 class Gateway:
     """A fresh voiceproxy under daphne, for the length of a `with` block.
