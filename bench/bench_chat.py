@@ -19,9 +19,9 @@ Gateway overhead = first audio delta - ((a) + (b)).
 Non-streaming (audio.format wav, an input_audio part of real espeak-ng speech), per round:
 - gateway: the SDK's chat.completions.create, a different spoken sentence each round (a resent clip
            would be served from the gateway's transcript cache), then the same clip again (a cache hit);
-- direct:  registry.audio.decode + WhisperEngine.transcribe (the gateway's spec and arguments), a direct
+- direct:  speech.audio.decode + WhisperEngine.transcribe (the gateway's spec and arguments), a direct
            non-streaming httpx call to the FakeUpstream with the transcript, PiperEngine over
-           `speakable(reply)` + registry.audio.encode_whole(wav): stt + llm + tts.
+           `speakable(reply)` + registry.speech.audio.encode_whole(wav): stt + llm + tts.
 The cache-hit request is compared with llm + tts alone.
 
 Everything warm (untimed warm-up rounds first: model loads, connections), interleaved, the order
@@ -68,11 +68,11 @@ from bench.common import (  # noqa: E402
 from bench.direct_speech import speak_stream, speak_whole  # noqa: E402
 from bench.registry_setup import load_registry, stt_target, tts_target, use_gateway_settings  # noqa: E402
 from bench.service_costs import VOICE_CHAT_OUTSIDE, payload_costs, service_costs  # noqa: E402
-from registry import audio  # noqa: E402
-from registry.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
-from registry.engines.piper import PiperEngine  # noqa: E402
-from registry.engines.whisper import WhisperEngine  # noqa: E402
-from registry.sentences import SentenceSplitter, clean_for_speech  # noqa: E402
+from registry.speech import audio  # noqa: E402
+from registry.speech.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
+from registry.speech.engines.piper import PiperEngine  # noqa: E402
+from registry.speech.engines.whisper import WhisperEngine  # noqa: E402
+from registry.speech.text import SentenceSplitter, clean_for_speech  # noqa: E402
 from tests.speech import speech  # noqa: E402
 from tests.upstream import FakeUpstream  # noqa: E402
 
@@ -176,7 +176,7 @@ class Parts:
         return response.json()["choices"][0]["message"]["content"]
 
     def speak_wav(self, text: str) -> tuple[bytes, float]:
-        from registry.tts import speakable
+        from registry.speech.tts import speakable
 
         return speak_whole(self.piper, self.voice, speakable(text), "wav")
 

@@ -5,7 +5,7 @@
 One run, the same clips, the same model files, one machine:
 
 - raw:    faster_whisper.WhisperModel.transcribe(BytesIO(wav)), drained (faster-whisper decodes itself)
-- engine: registry.audio.decode(wav) + registry.engines.whisper.WhisperEngine.transcribe(), drained,
+- engine: speech.audio.decode(wav) + speech.engines.whisper.WhisperEngine.transcribe(), drained,
           with the gateway's own EngineSpec and the arguments registry/stt.py passes: what the
           gateway's worker thread does, without HTTP. The overhead figures are against this one.
 - http:   the openai SDK's audio.transcriptions.create(model="whisper-1") against a fresh gateway
@@ -46,9 +46,9 @@ from bench.common import (  # noqa: E402
     median,
     percentile,
 )
-from registry import audio  # noqa: E402
-from registry.engines.base import EngineSpec  # noqa: E402
-from registry.engines.whisper import _DEFAULT_TEMPERATURES, WhisperEngine  # noqa: E402
+from registry.speech import audio  # noqa: E402
+from registry.speech.engines.base import EngineSpec  # noqa: E402
+from registry.speech.engines.whisper import _DEFAULT_TEMPERATURES, WhisperEngine  # noqa: E402
 from tests.speech import speech  # noqa: E402
 
 CLIPS: dict[str, str] = {
@@ -322,7 +322,7 @@ def print_figures(f: Figures) -> None:
     print(f"{clip.name} clip ({clip.seconds:.2f} s audio):")
     print(f"  raw faster-whisper (BytesIO in)      {ms(f.raw):>9}   {rtf(f.raw, clip)}")
     print(f"  engine (decode + transcribe)         {ms(f.engine):>9}   {rtf(f.engine, clip)}")
-    print(f"    of which decode (registry.audio)   {ms(f.decode):>9}")
+    print(f"    of which decode (registry.speech.audio)   {ms(f.decode):>9}")
     print(f"  HTTP /v1/audio/transcriptions (SDK)  {ms(f.http):>9}   {rtf(f.http, clip)}")
     print(f"  overhead: HTTP median - engine median             {pct(f.overhead, f.engine)}")
     print(f"  overhead: median of same-round differences        {pct(f.paired, f.engine)}")

@@ -9,8 +9,8 @@ One run, one 3-sentence text, the same model files, one machine, two engines:
 - Piper: the starter's default, "tts-1" with voice "alloy" (en_US-joe-medium).
 
 - direct: KokoroEngine / PiperEngine built from the EngineSpec the gateway resolves (registry.catalog, in
-          this process, on the gateway's database), `registry.tts.speakable(text)`, `synthesize()` per
-          sentence, `registry.audio.StreamEncoder(FORMAT)`: the work of tts.encoded(), without HTTP.
+          this process, on the gateway's database), `registry.speech.tts.speakable(text)`, `synthesize()` per
+          sentence, `registry.speech.audio.StreamEncoder(FORMAT)`: the work of tts.encoded(), without HTTP.
 - http:   the openai SDK's audio.speech.with_streaming_response.create(stream_format="audio"), the body
           read chunk by chunk, against a fresh gateway (bench.common.Gateway: daphne, SQLite, the starter
           registry, VOICEPROXY_INFERENCE_THREADS=2).
@@ -42,7 +42,7 @@ from bench.common import Gateway, machine_facts, markdown_table, median, warn_if
 from bench.direct_speech import Spoken, speak_stream  # noqa: E402
 from bench.registry_setup import kokoro_full_dir, load_registry, tts_target, use_gateway_settings  # noqa: E402
 from bench.service_costs import service_costs  # noqa: E402
-from registry.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
+from registry.speech.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
 
 TEXT = (
     "The train leaves the station at nine every morning. "
@@ -346,9 +346,9 @@ def main() -> None:
             },
         )
         use_gateway_settings(gateway)
-        from registry.engines.kokoro import KokoroEngine
-        from registry.engines.piper import PiperEngine
-        from registry.tts import speakable
+        from registry.speech.engines.kokoro import KokoroEngine
+        from registry.speech.engines.piper import PiperEngine
+        from registry.speech.tts import speakable
 
         # Kokoro's torch modules warn at construction (LSTM dropout, weight_norm): noise, not findings.
         warnings.filterwarnings("ignore", message="dropout option adds dropout", category=UserWarning)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _INHERITED_OUT = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SECRET_KEY_FILE", "DJANGO_SETTINGS_MODULE")
 
 # Speech to text decodes to 16 kHz, capped at the gateway's default VOICEPROXY_MAX_AUDIO_SECONDS,
-# as registry.stt does: the benches' direct side passes the same to registry.audio.decode.
+# as registry.speech.stt does: the benches' direct side passes the same to registry.speech.audio.decode.
 STT_SAMPLE_RATE = 16_000
 STT_MAX_SECONDS = 1800.0
 

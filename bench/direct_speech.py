@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import audio
-from registry.engines.base import Samples, TextToSpeech, VoiceSpec
+from registry.speech import audio
+from registry.speech.engines.base import Samples, TextToSpeech, VoiceSpec
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Spoken:
 
 
 def speak_stream(engine: TextToSpeech, voice: VoiceSpec, sentences: list[str], fmt: str) -> Spoken:
-    """Synthesise and stream-encode `sentences` (from `registry.tts.speakable`) as `fmt`."""
+    """Synthesise and stream-encode `sentences` (from `registry.speech.tts.speakable`) as `fmt`."""
     started = time.perf_counter()
     first = 0.0
     nbytes = 0

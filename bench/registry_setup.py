@@ -5,7 +5,8 @@ gateway's own settings in the bench process.
   written once into .cache/kokoro-full (330 MB, ~7 s).
 - `load_registry(gateway, registry)`: apply a registry dict with `manage.py loadregistry FILE`.
 - `use_gateway_settings(gateway)`: point this process's Django at the gateway's settings and database, so
-  `registry.tts` and `registry.catalog` import here and the engines get the very EngineSpec and VoiceSpec
+  `registry.speech.tts` and `registry.catalog` import here and the engines get the very EngineSpec and
+  VoiceSpec
   the gateway builds from its rows. Only reads; the gateway's daphne owns the database.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Gateway
-from registry.engines.base import EngineSpec, VoiceSpec
+from registry.speech.engines.base import EngineSpec, VoiceSpec
 from tests.speech import kokoro_dir
 
 

@@ -1,6 +1,6 @@
 """The gateway's own per-request steps around the engines, timed one by one in the bench process.
 
-The functions are the gateway's (the registry snapshot, registry.tts, chat.upstream, chat.audio_store,
+The functions are the gateway's (the registry snapshot, registry.speech.tts, chat.upstream, chat.audio_store,
 the audit row's INSERT, the thread hops), run here on the gateway's SQLite database after
 `bench.registry_setup.use_gateway_settings`; then whole requests through Django's AsyncClient (the
 gateway's middleware, DRF and views in this process: no socket, no daphne). Each figure is the median
@@ -59,8 +59,9 @@ async def _costs(
     from django.db import connections
     from django.test import AsyncClient
 
-    from registry import audit, db_threads, keys, snapshot, tts, workers
+    from registry import audit, db_threads, keys, snapshot
     from registry.models import RequestLog
+    from registry.speech import tts, workers
 
     def key_lookup() -> object:
         return snapshot.current_sync().api_key(keys.hash_secret(api_key_secret))

@@ -24,11 +24,12 @@ from django.conf import settings
 from django.core.cache import cache
 
 from chat import audio_store, upstream
-from registry import audit, catalog, stt, tts, workers
-from registry.auth import check_model_allowed
+from registry import audit, catalog
+from registry.api.auth import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest, OpenAIError, as_openai_error, sse_error_event
 from registry.models import ApiKey
-from registry.sentences import SentenceSplitter, SpeakableFilter
+from registry.speech import stt, tts, workers
+from registry.speech.text import SentenceSplitter, SpeakableFilter
 
 T = TypeVar("T")
 

@@ -16,7 +16,6 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from registry import catalog
-from registry.cache import Status, model_cache
 from registry.errors import ModelUnavailable
 from registry.models import (
     ApiKey,
@@ -27,6 +26,7 @@ from registry.models import (
     Upstream,
     Voice,
 )
+from registry.speech.cache import Status, model_cache
 
 admin.site.site_header = "voiceproxy"
 admin.site.site_title = "voiceproxy admin"

@@ -6,4 +6,4 @@ class RegistryConfig(AppConfig):
     verbose_name = "voiceproxy registry"
 
     def ready(self) -> None:
-        from registry import schema  # noqa: F401  registers the OpenAPI auth extension
+        from registry.api import schema  # noqa: F401  registers the OpenAPI auth extension

@@ -13,10 +13,10 @@ from typing import Any, Literal
 from django.conf import settings
 
 from registry import snapshot
-from registry.auth import check_model_allowed, may_use
-from registry.engines.base import EngineSpec, VoiceSpec
+from registry.api.auth import check_model_allowed, may_use
 from registry.errors import InvalidRequest, ModelNotFound
 from registry.models import ApiKey, SpeechModel, SpeechToTextModel, TextToSpeechModel
+from registry.speech.engines.base import EngineSpec, VoiceSpec
 
 Task = Literal["stt", "tts"]
 _MODEL_CLASSES: dict[Task, type[SpeechModel]] = {"stt": SpeechToTextModel, "tts": TextToSpeechModel}

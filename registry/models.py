@@ -11,7 +11,7 @@ from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from registry import keys
-from registry.engines import ENGINE_TASKS
+from registry.speech.engines import ENGINE_TASKS
 
 DEVICE_CHOICES = [("auto", "auto (CUDA when present)"), ("cpu", "CPU"), ("cuda", "CUDA")]
 

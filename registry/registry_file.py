@@ -15,8 +15,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from registry.engines import ENGINE_TASKS
 from registry.models import SpeechModel, SpeechToTextModel, TextToSpeechModel, Upstream, Voice
+from registry.speech.engines import ENGINE_TASKS
 
 STARTER_FILE = Path(__file__).with_name("starter.json")
 

@@ -15,9 +15,9 @@ import av
 import numpy as np
 import pytest
 
-from registry import audio
-from registry.engines import ENGINE_TASKS, ENGINES, engine_class
-from registry.engines.base import EngineError, EngineSpec, UnknownVoice, VoiceSpec
+from registry.speech import audio
+from registry.speech.engines import ENGINE_TASKS, ENGINES, engine_class
+from registry.speech.engines.base import EngineError, EngineSpec, UnknownVoice, VoiceSpec
 from tests.speech import ROOT, hub_cache, piper_voice_path, speech, tiny_kokoro_dir, whisper_model_dir
 from tests.wer import wer
 
@@ -33,7 +33,7 @@ def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
 
 
 def container(samples: np.ndarray, rate: int, fmt: str, codec: str, *, stereo: bool = False) -> bytes:
-    """Encode with PyAV itself (not registry.audio), so decode() is checked against FFmpeg's own muxers."""
+    """Encode with PyAV itself (not speech.audio), so decode() is checked against FFmpeg's own muxers."""
     buf = io.BytesIO()
     layout = "stereo" if stereo else "mono"
     with av.open(buf, "w", format=fmt) as out:
@@ -75,7 +75,7 @@ def transcript(whisper, samples: np.ndarray, **options: object) -> str:
 
 def test_importing_the_engine_table_loads_no_ml_library():
     code = (
-        "import sys, registry.engines as e; "
+        "import sys, registry.speech.engines as e; "
         "heavy = {'torch', 'ctranslate2', 'onnxruntime', 'faster_whisper', 'kokoro', 'piper', 'av'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from registry.cache import ModelCache
 from registry.catalog import ResolvedModel
-from registry.engines.base import EngineSpec
 from registry.errors import ModelUnavailable
+from registry.speech.cache import ModelCache
+from registry.speech.engines.base import EngineSpec
 from tests.speech import piper_voice_path, whisper_model_dir
 
 

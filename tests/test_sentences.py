@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from registry.sentences import SentenceSplitter, clean_for_speech, split_sentences
+from registry.speech.text import SentenceSplitter, clean_for_speech, split_sentences
 
 # --- where a sentence ends ----------------------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ def test_a_long_run_of_spaces_after_a_period_is_a_break_and_stays_fast():
 
 
 def test_fenced_code_is_not_spoken():
-    from registry.tts import speakable
+    from registry.speech.tts import speakable
 
     text = "Here is code:\n```python\nprint('x')\nx = 1\n```\nDone. **Bold** move 😀."
     assert speakable(text) == ["Here is code:", "Done.", "Bold move."]

@@ -121,16 +121,16 @@ MIDDLEWARE = [
     # First, so every /v1/ request gets its id and audit row, whatever fails after it.
     "registry.audit.AuditMiddleware",
     # Django's own, for the admin and the rest of the site; /v1/ passes them by (voiceproxy/middleware.py).
-    "voiceproxy.middleware.SiteSecurityMiddleware",
-    "voiceproxy.middleware.SiteSessionMiddleware",
-    "voiceproxy.middleware.SiteCommonMiddleware",
-    "voiceproxy.middleware.SiteCsrfViewMiddleware",
-    "voiceproxy.middleware.SiteAuthenticationMiddleware",
-    "voiceproxy.middleware.SiteMessageMiddleware",
-    "voiceproxy.middleware.SiteXFrameOptionsMiddleware",
+    "registry.api.site_middleware.SiteSecurityMiddleware",
+    "registry.api.site_middleware.SiteSessionMiddleware",
+    "registry.api.site_middleware.SiteCommonMiddleware",
+    "registry.api.site_middleware.SiteCsrfViewMiddleware",
+    "registry.api.site_middleware.SiteAuthenticationMiddleware",
+    "registry.api.site_middleware.SiteMessageMiddleware",
+    "registry.api.site_middleware.SiteXFrameOptionsMiddleware",
 ]
 # The admin's checks look for Django's session, auth and messages middleware by class; they are
-# there, wrapped by voiceproxy.middleware.SiteOnly.
+# there, wrapped by registry.api.site_middleware.SiteOnly.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
 
 ROOT_URLCONF = "voiceproxy.urls"
@@ -205,8 +205,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = VOICEPROXY_MAX_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = VOICEPROXY_MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["registry.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["registry.auth.HasApiKey"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["registry.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["registry.api.auth.HasApiKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
@@ -214,7 +214,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "registry.errors.drf_exception_handler",
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "registry.negotiation.IgnoreAccept",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "registry.api.negotiation.IgnoreAccept",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

@@ -4,11 +4,11 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from registry import health
+from registry.api import health
 from registry.errors import not_found_view
 
 v1 = [
-    path("", include("registry.urls")),
+    path("", include("registry.api.urls")),
     path("", include("chat.urls")),
     # Public, so clients, SDK generators and fuzzers can read it without a key.
     path(
@@ -30,5 +30,5 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
 ]
 
-handler404 = "voiceproxy.views.handler404"
-handler500 = "voiceproxy.views.handler500"
+handler404 = "registry.api.handlers.handler404"
+handler500 = "registry.api.handlers.handler500"

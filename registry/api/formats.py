@@ -11,10 +11,10 @@ from typing import Any
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from registry import audit
-from registry.engines.base import Segment, Word
 from registry.errors import as_openai_error, sse_error_event
-from registry.stt import SegmentStream, Transcript
-from registry.tts import SpeechStream
+from registry.speech.engines.base import Segment, Word
+from registry.speech.stt import SegmentStream, Transcript
+from registry.speech.tts import SpeechStream
 
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 

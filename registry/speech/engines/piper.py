@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 
-from registry.engines.base import EngineError, EngineSpec, Samples, UnknownVoice, VoiceSpec
+from registry.speech.engines.base import EngineError, EngineSpec, Samples, UnknownVoice, VoiceSpec
 
 logger = logging.getLogger(__name__)
 

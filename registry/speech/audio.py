@@ -17,7 +17,7 @@ import av
 import av.error
 import numpy as np
 
-from registry.engines.base import Samples
+from registry.speech.engines.base import Samples
 
 __all__ = [
     "FORMATS",

@@ -26,9 +26,9 @@ from typing import Any
 from django.conf import settings
 
 from registry.catalog import ResolvedModel
-from registry.engines import engine_class
-from registry.engines.base import EngineError, EngineSpec
 from registry.errors import ModelUnavailable
+from registry.speech.engines import engine_class
+from registry.speech.engines.base import EngineError, EngineSpec
 
 logger = logging.getLogger(__name__)
 

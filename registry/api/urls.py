@@ -1,6 +1,6 @@
 from django.urls import path
 
-from registry import views
+from registry.api import views
 
 urlpatterns = [
     path("models", views.ModelsView.as_view(), name="models"),

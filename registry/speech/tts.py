@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registry import audio, audit, catalog, workers
-from registry.cache import model_cache
-from registry.engines.base import EngineError, Samples, UnknownVoice, VoiceSpec
+from registry import audit, catalog
 from registry.errors import InvalidRequest, as_openai_error
 from registry.models import ApiKey
-from registry.sentences import SpeakableFilter, split_sentences
+from registry.speech import audio, workers
+from registry.speech.cache import model_cache
+from registry.speech.engines.base import EngineError, Samples, UnknownVoice, VoiceSpec
+from registry.speech.text import SpeakableFilter, split_sentences
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import ctranslate2
 import faster_whisper
 from faster_whisper.vad import VadOptions
 
-from registry.engines.base import (
+from registry.speech.engines.base import (
     EngineError,
     EngineSpec,
     Samples,

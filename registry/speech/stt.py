@@ -10,11 +10,12 @@ from typing import Any
 
 from django.conf import settings
 
-from registry import audio, audit, catalog, workers
-from registry.cache import model_cache
-from registry.engines.base import Samples, Segment, SpeechToText, Task, TranscriptionInfo, Word
+from registry import audit, catalog
 from registry.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from registry.models import ApiKey
+from registry.speech import audio, workers
+from registry.speech.cache import model_cache
+from registry.speech.engines.base import Samples, Segment, SpeechToText, Task, TranscriptionInfo, Word
 
 
 @dataclass(frozen=True)

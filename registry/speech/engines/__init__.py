@@ -12,9 +12,9 @@ from functools import cache
 from typing import Final, Literal
 
 ENGINES: Final[dict[str, str]] = {
-    "faster-whisper": "registry.engines.whisper.WhisperEngine",
-    "kokoro": "registry.engines.kokoro.KokoroEngine",
-    "piper": "registry.engines.piper.PiperEngine",
+    "faster-whisper": "registry.speech.engines.whisper.WhisperEngine",
+    "kokoro": "registry.speech.engines.kokoro.KokoroEngine",
+    "piper": "registry.speech.engines.piper.PiperEngine",
 }
 """Engine name (what `EngineSpec.engine` and the admin store) -> dotted path of its class."""
 

@@ -16,7 +16,7 @@ from kokoro import KModel, KPipeline
 from kokoro.pipeline import ALIASES, LANG_CODES
 from misaki import espeak
 
-from registry.engines.base import EngineError, EngineSpec, Samples, UnknownVoice, VoiceSpec
+from registry.speech.engines.base import EngineError, EngineSpec, Samples, UnknownVoice, VoiceSpec
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 
-from registry import catalog, formats, stt, tts
-from registry.serializers import SpeechParams, TranscriptionParams, TranslationParams, form_to_dict
+from registry import catalog
+from registry.api import formats
+from registry.api.serializers import SpeechParams, TranscriptionParams, TranslationParams, form_to_dict
+from registry.speech import stt, tts
 
 
 async def form_data(request: Request) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.audio import FORMATS as AUDIO_FORMATS
-from registry.formats import TRANSCRIPTION_FORMATS
+from registry.api.formats import TRANSCRIPTION_FORMATS
+from registry.speech.audio import FORMATS as AUDIO_FORMATS
 
 
 def form_to_dict(data: Any) -> dict[str, Any]:
