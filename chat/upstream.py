@@ -72,7 +72,7 @@ async def route(model: str) -> Target:
         raise UpstreamError(
             f"The upstream '{chosen.name}' is misconfigured: its API key cannot be read."
         ) from exc
-    audit.note(upstream=chosen.name)
+    audit.usage().upstream = chosen.name
     return Target(
         name=chosen.name, base_url=chosen.base_url.rstrip("/"), api_key=api_key, timeout=chosen.timeout
     )
@@ -143,7 +143,7 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
         )
     except httpx.HTTPError as exc:
         raise _transport_error(exc, target) from exc
-    audit.note(upstream_status=response.status_code)
+    audit.usage().upstream_status = response.status_code
     if response.status_code >= 400:
         raise _error_from(response, response.content, target)
     try:
@@ -224,7 +224,7 @@ async def stream(target: Target, body: dict[str, Any]) -> AsyncIterator[Events]:
     except httpx.HTTPError as exc:
         raise _transport_error(exc, target) from exc
     try:
-        audit.note(upstream_status=response.status_code)
+        audit.usage().upstream_status = response.status_code
         if response.status_code >= 400:
             try:
                 content = await response.aread()

@@ -1,12 +1,16 @@
-"""The audit log: one RequestLog row per /v1/ request, failures and streams included.
+"""The audit log: one RequestLog row per unit of work, failures and streams included.
 
-`AuditMiddleware` opens a record for each /v1/ request in a context variable; authentication
-and the services fill it (`note`, `add_model`, `add_time`) and the middleware hands it to the
-background database thread once the response is complete (or the last byte of a stream has been
-produced, or the client has gone): the INSERT never delays a response, and rows land within
-milliseconds of it, in order (registry/db_threads.py). A failed INSERT is logged, never turned into
-a failed request. The middleware also gives every response its `x-request-id` and answers over-size
-bodies with a 413 before Django reads them.
+Whoever starts the work opens the record: the HTTP middleware for each /v1/ request
+(registry/api/middleware.py), a WebSocket consumer, a management command or the bench, with
+
+    with audit.scope(method="POST", endpoint="/v1/audio/speech") as record:
+        ...  # call services; they fill record.usage
+
+Services never see the record's owner: they call `audit.usage()` (the typed `Usage` of the current
+scope), `audit.add_model()` and `audit.fail()`, which act on the record in this context (contextvars
+reach worker threads too). `record.finish(status)` hands the row to the background database thread
+(registry/db_threads.py) exactly once: the INSERT never delays a response, rows land within
+milliseconds and in order, and a failed INSERT is logged, never turned into a failed request.
 """
 
 from __future__ import annotations
@@ -16,23 +20,50 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
-
-from asgiref.sync import markcoroutinefunction
-from django.conf import settings
-from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from registry import db_threads
-from registry.errors import OpenAIError, PayloadTooLarge, error_response
+from registry.errors import OpenAIError, as_openai_error
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the response began
+
+Accumulated = Literal["stt_ms", "llm_ms", "tts_ms", "audio_seconds_in", "audio_seconds_out"]
+
+
+@dataclass
+class Usage:
+    """What the work used and how long each stage took: the RequestLog columns services fill.
+
+    Times are milliseconds of the stage's own work; stages may overlap (a streamed voice reply's
+    llm and tts run at once), and `*_first_*` are measured from the start of the scope.
+    """
+
+    stt_ms: float | None = None
+    llm_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    tts_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    audio_seconds_in: float | None = None
+    audio_seconds_out: float | None = None
+    characters_in: int | None = None
+    upstream: str = ""
+    upstream_status: int | None = None
+    stt_cache_hits: int = 0
+    streamed: bool = False
+    client_disconnected: bool = False
+    tokens: dict[str, Any] | None = None  # the upstream's token usage, as it reported it
+
+    def add(self, name: Accumulated, amount: float) -> None:
+        """Add to a stage that may run several times (one stt per audio part, tts per sentence)."""
+        setattr(self, name, (getattr(self, name) or 0.0) + amount)
 
 
 @dataclass
@@ -46,42 +77,127 @@ class AuditRecord:
     models: list[str] = field(default_factory=list)
     bytes_in: int = 0
     bytes_out: int = 0
-    error: OpenAIError | None = None
-    stats: dict[str, Any] = field(default_factory=dict)  # RequestLog field name -> value
+    error: OpenAIError | None = None  # why the work failed: the row's error columns
+    usage: Usage = field(default_factory=Usage)
+    _written: bool = False
+
+    def add_model(self, name: str) -> None:
+        if name not in self.models:
+            self.models.append(name)
+
+    def fail(self, exc: BaseException) -> OpenAIError:
+        """Record why the work failed (the first reason wins) and return it as an OpenAIError."""
+        error = as_openai_error(exc)
+        if self.error is None:
+            self.error = error
+        return error
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def mark_first(self, name: Literal["llm_first_token_ms", "tts_first_audio_ms"]) -> None:
+        """Set a first-event time (since the scope began) unless it is already set."""
+        if getattr(self.usage, name) is None:
+            setattr(self.usage, name, self.elapsed_ms())
+
+    def finish(self, status_code: int) -> Future[None] | None:
+        """Queue the row (once; later calls do nothing) and return at once. The duration ends now."""
+        if self._written:
+            return None
+        self._written = True
+        usage = asdict(self.usage)
+        tokens = usage.pop("tokens")
+        error = self.error
+        fields = {
+            "request_id": self.request_id,
+            "api_key_id": self.api_key_id,
+            "key_prefix": self.key_prefix,
+            "method": self.method,
+            "endpoint": self.endpoint,
+            "model_names": ",".join(self.models)[:500],
+            "status_code": status_code,
+            "error_type": error.type if error else "",
+            "error_code": (error.code or "") if error else "",
+            "error_message": error.message[:2000] if error else "",
+            "duration_ms": self.elapsed_ms(),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "usage": tokens,
+            **usage,
+        }
+        # An INSERT repeated after a dropped connection may, rarely, log a request twice:
+        # better than not at all.
+        return db_threads.background.later(_insert, fields, what=f"write the audit row for {self.request_id}")
 
 
 _current: ContextVar[AuditRecord | None] = ContextVar("voiceproxy_audit", default=None)
+
+
+def new_request_id(supplied: str = "") -> str:
+    """The caller's id when it is a sane one, else a new `req_...`."""
+    return supplied if _REQUEST_ID.match(supplied) else f"req_{uuid.uuid4().hex}"
+
+
+def open_record(*, method: str, endpoint: str, request_id: str | None = None) -> AuditRecord:
+    """Start a record and make it current for this context, without an end: the caller must
+    `finish()` it. For the HTTP middleware, whose streamed bodies outlive its own call; everyone
+    else uses `scope()`."""
+    record = AuditRecord(request_id=request_id or new_request_id(), method=method, endpoint=endpoint[:200])
+    _current.set(record)
+    return record
+
+
+@contextmanager
+def scope(*, method: str, endpoint: str, request_id: str | None = None) -> Iterator[AuditRecord]:
+    """One unit of work with its audit row, from any caller (sync or async code alike).
+
+    The row is written when the block ends: with the status of `record.error` when set, 200
+    otherwise; an exception leaving the block is recorded (its status, or 499 when cancelled) and
+    re-raised.
+    """
+    token = _current.set(None)
+    record = open_record(method=method, endpoint=endpoint, request_id=request_id)
+    try:
+        yield record
+    except asyncio.CancelledError:
+        record.usage.client_disconnected = True
+        record.finish(CLIENT_CLOSED)
+        raise
+    except BaseException as exc:
+        record.finish(record.fail(exc).status)
+        raise
+    else:
+        record.finish(record.error.status if record.error else 200)
+    finally:
+        _current.reset(token)
 
 
 def current() -> AuditRecord | None:
     return _current.get()
 
 
-def note(**fields: Any) -> None:
-    """Set RequestLog fields on the current request's record (no-op outside a request)."""
+def usage() -> Usage:
+    """The current scope's usage record; outside any scope, a throwaway one (nothing is recorded)."""
     record = _current.get()
-    if record is not None:
-        record.stats.update(fields)
-
-
-def add_time(name: str, milliseconds: float) -> None:
-    """Add to a duration field (stt_ms, llm_ms, tts_ms...): stages may run several times."""
-    record = _current.get()
-    if record is not None:
-        record.stats[name] = record.stats.get(name, 0.0) + milliseconds
-
-
-def count(name: str, amount: int = 1) -> None:
-    """Add to a counter field (stt_cache_hits...)."""
-    record = _current.get()
-    if record is not None:
-        record.stats[name] = record.stats.get(name, 0) + amount
+    return record.usage if record is not None else Usage()
 
 
 def add_model(name: str) -> None:
     record = _current.get()
-    if record is not None and name not in record.models:
-        record.models.append(name)
+    if record is not None:
+        record.add_model(name)
+
+
+def mark_first(name: Literal["llm_first_token_ms", "tts_first_audio_ms"]) -> None:
+    record = _current.get()
+    if record is not None:
+        record.mark_first(name)
+
+
+def fail(exc: BaseException) -> OpenAIError:
+    """Record a failure on the current scope (if any); returns it as an OpenAIError to render."""
+    record = _current.get()
+    return record.fail(exc) if record is not None else as_openai_error(exc)
 
 
 class RequestIdFilter(logging.Filter):
@@ -91,116 +207,6 @@ class RequestIdFilter(logging.Filter):
         audit = _current.get()
         record.request_id = audit.request_id if audit else "-"
         return True
-
-
-class AuditMiddleware:
-    async_capable = True
-    sync_capable = False
-
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]) -> None:
-        self.get_response = get_response
-        markcoroutinefunction(self)
-
-    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if not request.path.startswith("/v1/"):
-            return await self.get_response(request)
-        supplied = request.headers.get("x-request-id", "")
-        record = AuditRecord(
-            request_id=supplied if _REQUEST_ID.match(supplied) else f"req_{uuid.uuid4().hex}",
-            method=request.method or "",
-            endpoint=request.path[:200],
-        )
-        # Not reset afterwards: a streamed body is produced later in this same task and its
-        # services still write to the record.
-        _current.set(record)
-        record.bytes_in = _content_length(request)
-        try:
-            # Django checks ALLOWED_HOSTS here; its CommonMiddleware, which would, stays off /v1/.
-            request.get_host()
-        except DisallowedHost as exc:
-            response: HttpResponseBase = error_response(exc)
-        else:
-            response = await self._respond(request, record)
-        response["x-request-id"] = record.request_id
-        # What Django's SecurityMiddleware would add; it stays off /v1/ (voiceproxy/middleware.py).
-        response.setdefault("X-Content-Type-Options", "nosniff")
-        record.error = getattr(response, "openai_error", None)
-        if isinstance(response, StreamingHttpResponse):
-            response.streaming_content = self._watch_stream(response.streaming_content, response, record)
-        else:
-            record.bytes_out = len(getattr(response, "content", b""))
-            if not response.has_header("Content-Length"):  # as CommonMiddleware would
-                response["Content-Length"] = str(record.bytes_out)
-            write(record, response.status_code)
-        return response
-
-    async def _respond(self, request: HttpRequest, record: AuditRecord) -> HttpResponseBase:
-        if record.bytes_in > settings.VOICEPROXY_MAX_BODY_BYTES:
-            response: HttpResponseBase = error_response(
-                PayloadTooLarge(
-                    f"The request body is {record.bytes_in} bytes; this server accepts at most "
-                    f"{settings.VOICEPROXY_MAX_BODY_BYTES}."
-                )
-            )
-        else:
-            try:
-                response = await self.get_response(request)
-            except asyncio.CancelledError:
-                # The client hung up before the response began (Django cancels the view): the
-                # request still gets its row, with nginx's 499 "client closed request".
-                record.stats["client_disconnected"] = True
-                write(record, 499)
-                raise
-        return response
-
-    async def _watch_stream(
-        self, content: AsyncIterator[bytes], response: StreamingHttpResponse, record: AuditRecord
-    ) -> AsyncIterator[bytes]:
-        record.stats["streamed"] = True
-        try:
-            async for chunk in content:
-                record.bytes_out += len(chunk)
-                yield chunk
-        except (asyncio.CancelledError, GeneratorExit):
-            record.stats["client_disconnected"] = True
-            raise
-        finally:
-            # Handed over, not awaited: the last byte is not held back by the INSERT.
-            write(record, response.status_code)
-
-
-def _content_length(request: HttpRequest) -> int:
-    try:
-        return max(0, int(request.headers.get("content-length") or 0))
-    except ValueError:
-        return 0
-
-
-def write(record: AuditRecord, status_code: int) -> Future[None]:
-    """Queue the record's RequestLog row; returns at once. The duration ends now."""
-    stats = dict(record.stats)  # a snapshot: the request's own code may still touch the record
-    error = record.error
-    if error is None and "stream_error" in stats:
-        error = stats.pop("stream_error")
-    stats.pop("stream_error", None)
-    fields = {
-        "request_id": record.request_id,
-        "api_key_id": record.api_key_id,
-        "key_prefix": record.key_prefix,
-        "method": record.method,
-        "endpoint": record.endpoint,
-        "model_names": ",".join(record.models)[:500],
-        "status_code": status_code,
-        "error_type": error.type if error else "",
-        "error_code": (error.code or "") if error else "",
-        "error_message": error.message[:2000] if error else "",
-        "duration_ms": (time.perf_counter() - record.started) * 1000,
-        "bytes_in": record.bytes_in,
-        "bytes_out": record.bytes_out,
-        **stats,
-    }
-    # An INSERT repeated after a dropped connection may, rarely, log a request twice: better than not at all.
-    return db_threads.background.later(_insert, fields, what=f"write the audit row for {record.request_id}")
 
 
 def _insert(fields: dict[str, Any]) -> None:

@@ -7,30 +7,20 @@ instance or queryset ever reaches a worker thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from django.conf import settings
 
 from registry import snapshot
-from registry.api.auth import check_model_allowed, may_use
+from registry.access import check_model_allowed, may_use
 from registry.errors import InvalidRequest, ModelNotFound
 from registry.models import ApiKey, SpeechModel, SpeechToTextModel, TextToSpeechModel
+from registry.resolved import ModelTask as Task
+from registry.resolved import ResolvedModel
 from registry.speech.engines.base import EngineSpec, VoiceSpec
 
-Task = Literal["stt", "tts"]
 _MODEL_CLASSES: dict[Task, type[SpeechModel]] = {"stt": SpeechToTextModel, "tts": TextToSpeechModel}
 _TASK_WORDS = {"stt": "speech-to-text", "tts": "text-to-speech"}
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    model_id: str
-    task: Task
-    spec: EngineSpec
-    idle_ttl: int
-    names: tuple[str, ...]  # the id, then its aliases
-    pk: int
 
 
 def engine_spec(row: SpeechModel) -> EngineSpec:

@@ -19,21 +19,17 @@
     ├── ModelUnavailable        503  server_error, code "model_unavailable" (failed to load)
     └── UpstreamTimeout         504  upstream_error, code "upstream_timeout"
 
-`error_body()` builds `{"error": {message, type, param, code}}`; `error_response()` renders any
-exception (ours, DRF's or Django's) as that body with the right status. DRF's EXCEPTION_HANDLER,
-the /v1/ 404/500 handlers, the audit middleware and the SSE `error` event all go through it.
+Plain Python, no HTTP: services raise these wherever they run (an HTTP request, a WebSocket session,
+a management command, the bench). `error_body()` builds `{"error": {message, type, param, code}}`;
+`as_openai_error()` maps any exception onto the tree. The HTTP edge renders them in one place
+(registry/api/errors.py: DRF's EXCEPTION_HANDLER, the /v1/ 404/500 handlers, the middleware, the SSE
+`error` event).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
-
-from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions as drf
 
 logger = logging.getLogger(__name__)
 
@@ -173,84 +169,12 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, str]:
-    """The first (param, message) of a DRF ValidationError's nested detail."""
-    if isinstance(detail, dict):
-        for key, value in detail.items():
-            name = path if key == "non_field_errors" else (f"{path}.{key}" if path else str(key))
-            return _first_validation_error(value, name)
-    if isinstance(detail, list) and detail:
-        first = detail[0]
-        if isinstance(first, (dict, list)):
-            index = next((i for i, item in enumerate(detail) if item), 0)
-            return _first_validation_error(detail[index], f"{path}[{index}]" if path else "")
-        return (path or None), str(first)
-    return (path or None), str(detail)
-
-
 def as_openai_error(exc: BaseException) -> OpenAIError:
-    """Map any exception raised while serving /v1/ onto our tree."""
+    """Our own errors as they are; anything else is an InternalError, logged here with its traceback.
+
+    The HTTP edge first maps DRF's and Django's exceptions (registry/api/errors.py).
+    """
     if isinstance(exc, OpenAIError):
         return exc
-    if isinstance(exc, drf.ValidationError):
-        param, message = _first_validation_error(exc.detail)
-        text = f"Invalid value for '{param}': {message}" if param else message
-        return InvalidRequest(text, param=param, code="invalid_value")
-    if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
-        return AuthenticationFailed(str(exc.detail))
-    if isinstance(exc, drf.PermissionDenied):
-        return PermissionDenied(str(exc.detail), code="permission_denied")
-    if isinstance(exc, drf.MethodNotAllowed):
-        return MethodNotAllowed(str(exc.detail))
-    if isinstance(exc, drf.UnsupportedMediaType):
-        return UnsupportedMediaType(str(exc.detail))
-    if isinstance(exc, drf.ParseError):
-        return InvalidRequest(f"We could not parse the request body: {exc.detail}", code="invalid_body")
-    if isinstance(exc, drf.NotFound):
-        return NotFound(str(exc.detail))
-    if isinstance(exc, drf.Throttled):
-        return RateLimited(str(exc.detail), retry_after=int(exc.wait or 1))
-    if isinstance(exc, RequestDataTooBig):
-        return PayloadTooLarge("The request body is larger than this server accepts.")
-    if isinstance(exc, DisallowedHost):
-        return InvalidRequest(
-            "The Host header names a host this server does not serve (VOICEPROXY_ALLOWED_HOSTS).",
-            code="invalid_host",
-        )
-    if isinstance(exc, SuspiciousOperation):
-        return InvalidRequest("The request was malformed.", code="invalid_request")
-    if isinstance(exc, drf.APIException):
-        return OpenAIError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+    logger.error("unhandled error", exc_info=exc)
     return InternalError("The server had an error while processing your request.")
-
-
-def error_response(exc: BaseException) -> JsonResponse:
-    """Render any exception as OpenAI's error body, with its status and headers."""
-    error = as_openai_error(exc)
-    if isinstance(error, InternalError) and error is not exc:
-        logger.exception("unhandled error", exc_info=exc)
-    response = JsonResponse(error.body(), status=error.status)
-    for name, value in error.headers.items():
-        response[name] = value
-    # The audit middleware reads this back to fill the log row.
-    response.openai_error = error  # type: ignore[attr-defined]
-    return response
-
-
-def sse_error_event(exc: BaseException) -> bytes:
-    """An error after the stream began: `data: {"error": {...}}`, which the openai SDK raises."""
-    error = as_openai_error(exc)
-    return f"data: {json.dumps(error.body())}\n\n".encode()
-
-
-def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
-    return error_response(exc)
-
-
-@csrf_exempt  # /v1/ is authenticated by API keys, not cookies
-def not_found_view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."))
-
-
-def server_error_view(request: HttpRequest) -> HttpResponse:
-    return error_response(InternalError("The server had an error while processing your request."))

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from registry.catalog import ResolvedModel
 from registry.errors import ModelUnavailable
+from registry.resolved import ResolvedModel
 from registry.speech.cache import ModelCache
 from registry.speech.engines.base import EngineSpec
 from tests.speech import piper_voice_path, whisper_model_dir

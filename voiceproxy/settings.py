@@ -119,8 +119,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First, so every /v1/ request gets its id and audit row, whatever fails after it.
-    "registry.audit.AuditMiddleware",
-    # Django's own, for the admin and the rest of the site; /v1/ passes them by (voiceproxy/middleware.py).
+    "registry.api.middleware.AuditMiddleware",
+    # /v1/ only: ALLOWED_HOSTS, the body-size limit, the headers Django's own would add.
+    "registry.api.middleware.ApiGuardMiddleware",
+    # Django's own, for the admin and the rest of the site; /v1/ passes them by
+    # (registry/api/site_middleware.py).
     "registry.api.site_middleware.SiteSecurityMiddleware",
     "registry.api.site_middleware.SiteSessionMiddleware",
     "registry.api.site_middleware.SiteCommonMiddleware",
@@ -213,7 +216,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    "EXCEPTION_HANDLER": "registry.errors.drf_exception_handler",
+    "EXCEPTION_HANDLER": "registry.api.errors.drf_exception_handler",
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "registry.api.negotiation.IgnoreAccept",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

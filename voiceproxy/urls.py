@@ -4,8 +4,8 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from registry.api import health
-from registry.errors import not_found_view
+from registry.api import API_PREFIX, health
+from registry.api.errors import not_found_view
 
 v1 = [
     path("", include("registry.api.urls")),
@@ -21,7 +21,7 @@ v1 = [
 ]
 
 urlpatterns = [
-    path("v1/", include(v1)),
+    path(API_PREFIX.lstrip("/"), include(v1)),
     path("health", health.health, name="health"),
     path("health/ready", health.ready, name="ready"),
     path("admin/", admin.site.urls),
@@ -30,5 +30,5 @@ urlpatterns = [
     re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
 ]
 
-handler404 = "registry.api.handlers.handler404"
-handler500 = "registry.api.handlers.handler500"
+handler404 = "registry.api.errors.handler404"
+handler500 = "registry.api.errors.handler500"

@@ -6,13 +6,25 @@ import json
 import math
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import QueryDict
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.request import Request
 
-from registry.api.formats import TRANSCRIPTION_FORMATS
+from registry.api.responses import TRANSCRIPTION_FORMATS
 from registry.speech.audio import FORMATS as AUDIO_FORMATS
+
+
+async def request_data(request: Request) -> Any:
+    """The parsed body, parsed off the event loop: a 25 MB multipart upload or a JSON body of base64
+    audio is real CPU work (default executor, not the inference pool, whose slots are for models)."""
+    return await sync_to_async(lambda: request.data, thread_sensitive=False)()
+
+
+async def form_data(request: Request) -> dict[str, Any]:
+    return form_to_dict(await request_data(request))
 
 
 def form_to_dict(data: Any) -> dict[str, Any]:

@@ -24,15 +24,12 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 
-API_PREFIX = "/v1/"
+from registry.api import is_api
+
 # Hooks Django collects from the middleware it instantiates; a wrapper would hide them.
 _UNSUPPORTED_HOOKS = ("process_exception", "process_template_response")
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
-
-
-def is_api(request: HttpRequest) -> bool:
-    return request.path.startswith(API_PREFIX)
 
 
 class SiteOnly:
@@ -55,14 +52,14 @@ class SiteOnly:
             self.process_view = self._process_view
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if is_api(request):
+        if is_api(request.path):
             return await self.get_response(request)
         return await self.inner(request)
 
     async def _process_view(
         self, request: HttpRequest, view: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> HttpResponseBase | None:
-        if is_api(request):
+        if is_api(request.path):
             return None
         return await sync_to_async(self.inner.process_view, thread_sensitive=True)(
             request, view, args, kwargs

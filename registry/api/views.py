@@ -5,22 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 
 from registry import catalog
-from registry.api import formats
-from registry.api.serializers import SpeechParams, TranscriptionParams, TranslationParams, form_to_dict
+from registry.api import responses
+from registry.api.serializers import (
+    SpeechParams,
+    TranscriptionParams,
+    TranslationParams,
+    form_data,
+)
 from registry.speech import stt, tts
-
-
-async def form_data(request: Request) -> dict[str, Any]:
-    # Parsing a 25 MB multipart body is real CPU work: keep it off the event loop (default
-    # executor, not the inference pool, whose slots are for models).
-    return form_to_dict(await sync_to_async(lambda: request.data, thread_sensitive=False)())
 
 
 class ModelsView(APIView):
@@ -39,13 +37,11 @@ def _options(params: dict[str, Any]) -> stt.SttOptions:
     chunking = params.get("chunking_strategy")
     vad_parameters: dict[str, float] = {}
     if chunking and chunking["type"] == "server_vad":
-        # OpenAI's server_vad knobs, mapped onto Silero VAD's (faster-whisper's VadOptions).
-        if "threshold" in chunking:
-            vad_parameters["threshold"] = chunking["threshold"]
-        if "silence_duration_ms" in chunking:
-            vad_parameters["min_silence_duration_ms"] = int(chunking["silence_duration_ms"])
-        if "prefix_padding_ms" in chunking:
-            vad_parameters["speech_pad_ms"] = int(chunking["prefix_padding_ms"])
+        vad_parameters = stt.server_vad(
+            threshold=chunking.get("threshold"),
+            prefix_padding_ms=chunking.get("prefix_padding_ms"),
+            silence_duration_ms=chunking.get("silence_duration_ms"),
+        )
     return stt.SttOptions(
         model=params.get("model") or None,
         language=params.get("language") or None,
@@ -70,11 +66,11 @@ class TranscriptionsView(APIView):
         include_logprobs = "logprobs" in data["include"]
         if data["stream"]:
             segment_stream = await stt.stream(
-                api_key=request.auth, data=audio_bytes, task="transcribe", options=options
+                api_key=request.auth, source=audio_bytes, task="transcribe", options=options
             )
-            return formats.transcription_stream(segment_stream, include_logprobs=include_logprobs)
-        result = await stt.transcribe(api_key=request.auth, data=audio_bytes, options=options)
-        return formats.transcription_response(
+            return responses.transcription_stream(segment_stream, include_logprobs=include_logprobs)
+        result = await stt.transcribe(api_key=request.auth, source=audio_bytes, options=options)
+        return responses.transcription_response(
             result,
             data["response_format"],
             granularities=data["timestamp_granularities"],
@@ -90,8 +86,8 @@ class TranslationsView(APIView):
         params = TranslationParams(data=await form_data(request))
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        result = await stt.translate(api_key=request.auth, data=data["file"].read(), options=_options(data))
-        return formats.transcription_response(
+        result = await stt.translate(api_key=request.auth, source=data["file"].read(), options=_options(data))
+        return responses.transcription_response(
             result, data["response_format"], granularities=[], include_logprobs=False
         )
 
@@ -101,6 +97,7 @@ class SpeechView(APIView):
 
     @extend_schema(operation_id="createSpeech", request=SpeechParams, responses={200: bytes})
     async def post(self, request: Request) -> HttpResponse:
+        # At most a few KiB of JSON: parsed on the loop, sparing a thread hop on the TTS latency path.
         params = SpeechParams(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
@@ -112,7 +109,7 @@ class SpeechView(APIView):
             text=data["input"],
             response_format=data["response_format"],
         )
-        return formats.speech_response(
+        return responses.speech_response(
             speech, stream_format=data["stream_format"], characters=len(data["input"])
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import struct
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO, Final
 
@@ -22,14 +23,19 @@ from registry.speech.engines.base import Samples
 __all__ = [
     "FORMATS",
     "OPENAI_PCM_RATE",
+    "Pcm",
     "AudioError",
     "AudioInput",
+    "Resampler",
     "StreamEncoder",
     "decode",
     "encode_whole",
     "probe_duration",
+    "from_s16le",
     "resample",
+    "s16le",
     "seconds",
+    "wav_stream_header",
 ]
 
 FORMATS: Final[dict[str, str]] = {
@@ -68,6 +74,14 @@ _UNDECODABLE: Final = "The audio file could not be decoded: it is corrupt or not
 
 AudioInput = bytes | bytearray | memoryview | BinaryIO
 """Encoded audio: the bytes, or a seekable binary file (an upload) that FFmpeg reads in place."""
+
+
+@dataclass(frozen=True)
+class Pcm:
+    """Raw mono samples and their rate: audio that needs no decoding (a Realtime input buffer)."""
+
+    samples: Samples
+    rate: int
 
 
 class AudioError(Exception):
@@ -173,8 +187,48 @@ def resample(samples: Samples, from_rate: int, to_rate: int) -> Samples:
     return _concat(_planes(frames))
 
 
-def _s16le(samples: Samples) -> bytes:
+def s16le(samples: Samples) -> bytes:
+    """Float samples as raw 16-bit little-endian PCM (what `pcm` and a wav body carry)."""
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def from_s16le(data: bytes) -> Samples:
+    """Raw 16-bit little-endian PCM (a Realtime client's frames) as float samples. Raises AudioError."""
+    if len(data) % 2:
+        raise AudioError("16-bit PCM audio must have an even number of bytes.")
+    return (np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0).astype(np.float32)
+
+
+class Resampler:
+    """Resample a stream of mono float32 chunks with one FFmpeg resampler, so chunk edges are seamless.
+
+    `push()` returns what is ready (possibly empty); `flush()` the rest, once. Not thread-safe.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=to_rate)
+        self._pts = 0
+
+    def push(self, samples: Samples) -> Samples:
+        if self.from_rate == self.to_rate:
+            return np.asarray(samples, dtype=np.float32)
+        if not len(samples):
+            return np.zeros(0, dtype=np.float32)
+        frame = _frame(samples, self.from_rate, self._pts)
+        self._pts += len(samples)
+        return _concat(_planes(self._resampler.resample(frame)))
+
+    def flush(self) -> Samples:
+        if self.from_rate == self.to_rate:
+            return np.zeros(0, dtype=np.float32)
+        return _concat(_planes(self._resampler.resample(None)))
+
+
+def wav_stream_header(rate: int) -> bytes:
+    """The header of a wav stream whose length is not known yet (sizes say "unknown")."""
+    return _wav_header(rate=rate, data_size=_WAV_STREAMING_SIZE)
 
 
 def _wav_header(*, rate: int, data_size: int) -> bytes:
@@ -273,7 +327,7 @@ class StreamEncoder:
 
     def _write(self, frames: list[av.AudioFrame]) -> bytes:
         if self._container is None or self._stream is None or self._sink is None:
-            return self._header() + b"".join(_s16le(chunk) for chunk in _planes(frames))
+            return self._header() + b"".join(s16le(chunk) for chunk in _planes(frames))
         try:
             for frame in frames:
                 # The codec context re-chunks to the codec's frame size (1152 for mp3, 1024 for aac,

@@ -18,17 +18,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
-from registry.catalog import ResolvedModel
 from registry.errors import ModelUnavailable
+from registry.resolved import ResolvedModel
 from registry.speech.engines import engine_class
-from registry.speech.engines.base import EngineError, EngineSpec
+from registry.speech.engines.base import EngineError, EngineSpec, SpeechToText, TextToSpeech
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,14 @@ class ModelCache:
             with self._lock:
                 entry.in_use -= 1
                 entry.last_used = time.monotonic()
+
+    def stt(self, model: ResolvedModel) -> AbstractContextManager[SpeechToText]:
+        """`use()` for a speech-to-text model: the engine typed as the STT Protocol."""
+        return cast("AbstractContextManager[SpeechToText]", self.use(model))
+
+    def tts(self, model: ResolvedModel) -> AbstractContextManager[TextToSpeech]:
+        """`use()` for a text-to-speech model: the engine typed as the TTS Protocol."""
+        return cast("AbstractContextManager[TextToSpeech]", self.use(model))
 
     def load(self, model: ResolvedModel) -> None:
         """Load now (the admin's action). Raises ModelUnavailable."""

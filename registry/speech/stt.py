@@ -1,4 +1,14 @@
-"""Speech to text: transcribe() and translate(), whole or streamed, for /v1/audio/* and the chat proxy."""
+"""Speech to text: transcribe or translate audio, whole or as segments are decoded.
+
+    resolve()            a model name -> the enabled STT model (ModelNotFound, PermissionDenied...)
+    run(), transcribe(), translate()
+                         container bytes (wav, mp3, ogg...) or raw `audio.Pcm` samples -> Transcript
+    stream()             the same, segments as they are decoded (checks done before it returns)
+    transcribe_on()      the pipeline on a loaded engine: what the pool runs and the bench times
+    server_vad()         OpenAI's `server_vad` knobs -> faster-whisper's Silero VAD parameters
+
+For /v1/audio/*, the chat proxy's input_audio parts, and Realtime's buffered PCM alike.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +23,51 @@ from django.conf import settings
 from registry import audit, catalog
 from registry.errors import InvalidAudio, InvalidRequest, PayloadTooLarge
 from registry.models import ApiKey
+from registry.resolved import ResolvedModel
 from registry.speech import audio, workers
 from registry.speech.cache import model_cache
-from registry.speech.engines.base import Samples, Segment, SpeechToText, Task, TranscriptionInfo, Word
+from registry.speech.engines.base import (
+    CannotTranslate,
+    Samples,
+    Segment,
+    SpeechToText,
+    Task,
+    TranscriptionInfo,
+    UnsupportedLanguage,
+    Word,
+)
+
+SAMPLE_RATE = 16_000  # what Whisper listens at
+
+
+def server_vad(
+    *,
+    threshold: float | None = None,
+    prefix_padding_ms: float | None = None,
+    silence_duration_ms: float | None = None,
+) -> dict[str, float]:
+    """OpenAI's server_vad knobs (transcription `chunking_strategy`, Realtime `turn_detection`)
+    mapped onto Silero VAD's, as faster-whisper's VadOptions names them; unset knobs keep its defaults."""
+    parameters: dict[str, float] = {}
+    if threshold is not None:
+        parameters["threshold"] = threshold
+    if silence_duration_ms is not None:
+        parameters["min_silence_duration_ms"] = int(silence_duration_ms)
+    if prefix_padding_ms is not None:
+        parameters["speech_pad_ms"] = int(prefix_padding_ms)
+    return parameters
 
 
 @dataclass(frozen=True)
 class SttOptions:
-    """What the client asked for, validated for shape by the view's serializer."""
+    """What the client asked for, validated for shape by its edge."""
 
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
     temperature: float | None = None
     word_timestamps: bool = False
-    vad_filter: bool = False
+    vad_filter: bool = False  # only when asked: never silently
     vad_parameters: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,89 +89,117 @@ class Transcript:
         return {"type": "duration", "seconds": math.ceil(self.duration)}
 
 
-def _join(segments: list[Segment]) -> str:
-    return "".join(s.text for s in segments).strip()
+AudioSource = bytes | audio.Pcm
+"""Encoded audio (a file's bytes) or raw samples with their rate (a Realtime input buffer)."""
 
 
-async def _decode(data: bytes) -> tuple[Samples, float]:
+async def resolve(*, api_key: ApiKey | None, name: str | None, param: str = "model") -> ResolvedModel:
+    """The enabled STT model `name` names (the default when empty), recorded on the audit scope."""
+    model = await catalog.model_for(task="stt", api_key=api_key, name=name, param=param)
+    audit.add_model(model.model_id)
+    return model
+
+
+def _samples(source: AudioSource) -> tuple[Samples, float]:
+    """16 kHz mono samples and their duration. Blocking: run it in the pool. Raises AudioError."""
+    max_seconds = settings.VOICEPROXY_MAX_AUDIO_SECONDS
+    if isinstance(source, audio.Pcm):
+        duration = audio.seconds(source.samples, source.rate)
+        if duration > max_seconds:
+            raise audio.AudioError(f"The audio is {duration:.0f} s long; the limit is {max_seconds:.0f} s.")
+        return audio.resample(source.samples, source.rate, SAMPLE_RATE), duration
+    return audio.decode(source, sample_rate=SAMPLE_RATE, max_seconds=max_seconds)
+
+
+async def _decode(source: AudioSource) -> tuple[Samples, float]:
     """Decode in the pool; the size and duration limits are settings."""
-    if len(data) > settings.VOICEPROXY_MAX_AUDIO_BYTES:
+    if isinstance(source, bytes) and len(source) > settings.VOICEPROXY_MAX_AUDIO_BYTES:
         raise PayloadTooLarge(
-            f"The audio file is {len(data)} bytes; the limit is {settings.VOICEPROXY_MAX_AUDIO_BYTES}.",
+            f"The audio file is {len(source)} bytes; the limit is {settings.VOICEPROXY_MAX_AUDIO_BYTES}.",
             param="file",
         )
     try:
-        return await workers.run(
-            audio.decode, data, sample_rate=16_000, max_seconds=settings.VOICEPROXY_MAX_AUDIO_SECONDS
-        )
+        return await workers.run(_samples, source)
     except audio.AudioError as exc:
         raise InvalidAudio(str(exc), param="file") from exc
 
 
-def _check(engine: SpeechToText, model: catalog.ResolvedModel, task: Task, options: SttOptions) -> None:
-    """Checks that need the loaded model; raised before any work, so before any streamed byte."""
-    if task == "translate" and not engine.multilingual:
+def transcribe_on(
+    engine: SpeechToText, samples: Samples, *, model_id: str, task: Task, options: SttOptions
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """Start the engine on 16 kHz samples; segments decode lazily as the iterator is drained.
+
+    Blocking: run it (and drain it) in the pool. Raises InvalidRequest (`model_cannot_translate`,
+    `unsupported_language`) before any decoding.
+    """
+    try:
+        return engine.transcribe(
+            samples,
+            task=task,
+            language=options.language or None,
+            prompt=options.prompt or None,
+            temperature=options.temperature,
+            word_timestamps=options.word_timestamps,
+            vad_filter=options.vad_filter,
+            vad_parameters=options.vad_parameters or None,
+        )
+    except CannotTranslate as exc:
         raise InvalidRequest(
-            f"The model '{model.model_id}' is English-only and cannot translate; use a multilingual model.",
+            f"The model '{model_id}' is English-only and cannot translate; use a multilingual model.",
             param="model",
             code="model_cannot_translate",
-        )
-    if options.language and options.language not in engine.languages:
+        ) from exc
+    except UnsupportedLanguage as exc:
         raise InvalidRequest(
-            f"The language '{options.language}' is not supported by the model '{model.model_id}'.",
+            f"The language '{options.language}' is not supported by the model '{model_id}'.",
             param="language",
             code="unsupported_language",
-        )
+        ) from exc
 
 
-def _start(
-    engine: SpeechToText, samples: Samples, task: Task, options: SttOptions
-) -> tuple[Any, TranscriptionInfo]:
-    return engine.transcribe(
-        samples,
-        task=task,
-        language=options.language or None,
-        prompt=options.prompt or None,
-        temperature=options.temperature,
-        word_timestamps=options.word_timestamps,
-        vad_filter=options.vad_filter,
-        vad_parameters=options.vad_parameters or None,
-    )
+async def run(
+    *,
+    api_key: ApiKey | None,
+    source: AudioSource,
+    task: Task,
+    options: SttOptions,
+    model: ResolvedModel | None = None,
+) -> Transcript:
+    """Transcribe (or translate) whole audio. Raises OpenAIError subclasses for every bad input.
 
-
-async def run(*, api_key: ApiKey | None, data: bytes, task: Task, options: SttOptions) -> Transcript:
-    """Transcribe (or translate) a whole file. Raises OpenAIError subclasses for every bad input."""
-    model = await catalog.model_for(task="stt", api_key=api_key, name=options.model)
-    audit.add_model(model.model_id)
-    samples, duration = await _decode(data)
-    audit.note(audio_seconds_in=duration)
+    `model`, when the caller has resolved it already, is used instead of `options.model`.
+    """
+    model = model or await resolve(api_key=api_key, name=options.model)
+    samples, duration = await _decode(source)
+    audit.usage().audio_seconds_in = duration
 
     def work() -> tuple[list[Segment], TranscriptionInfo]:
-        with model_cache.use(model) as engine:
-            _check(engine, model, task, options)
-            segments, info = _start(engine, samples, task, options)
+        with model_cache.stt(model) as engine:
+            segments, info = transcribe_on(
+                engine, samples, model_id=model.model_id, task=task, options=options
+            )
             # Decoding is lazy: drain the generator here, in the pool, not on the event loop.
             return list(segments), info
 
     started = time.perf_counter()
     segments, info = await workers.run(work)
-    audit.add_time("stt_ms", (time.perf_counter() - started) * 1000)
+    audit.usage().add("stt_ms", (time.perf_counter() - started) * 1000)
     return Transcript(
         task=task,
         model_id=model.model_id,
-        text=_join(segments),
+        text="".join(s.text for s in segments).strip(),
         language=info.language,
         duration=duration,
         segments=segments,
     )
 
 
-async def transcribe(*, api_key: ApiKey | None, data: bytes, options: SttOptions) -> Transcript:
-    return await run(api_key=api_key, data=data, task="transcribe", options=options)
+async def transcribe(*, api_key: ApiKey | None, source: AudioSource, options: SttOptions) -> Transcript:
+    return await run(api_key=api_key, source=source, task="transcribe", options=options)
 
 
-async def translate(*, api_key: ApiKey | None, data: bytes, options: SttOptions) -> Transcript:
-    return await run(api_key=api_key, data=data, task="translate", options=options)
+async def translate(*, api_key: ApiKey | None, source: AudioSource, options: SttOptions) -> Transcript:
+    return await run(api_key=api_key, source=source, task="translate", options=options)
 
 
 @dataclass
@@ -144,22 +212,24 @@ class SegmentStream:
     segments: AsyncIterator[Segment]
 
 
-async def stream(*, api_key: ApiKey | None, data: bytes, task: Task, options: SttOptions) -> SegmentStream:
+async def stream(
+    *, api_key: ApiKey | None, source: AudioSource, task: Task, options: SttOptions
+) -> SegmentStream:
     """Start a transcription whose segments arrive as they are decoded.
 
-    Every check (model, audio, language, translate ability) happens before this returns, so a
-    view can still answer with a plain 400; the decoding runs in one pool slot and stops after
+    Every check (model, audio, language, translate ability) happens before this returns, so an
+    edge can still answer with a plain 400; the decoding runs in one pool slot and stops after
     the current segment when the consumer goes away.
     """
-    model = await catalog.model_for(task="stt", api_key=api_key, name=options.model)
-    audit.add_model(model.model_id)
-    samples, duration = await _decode(data)
-    audit.note(audio_seconds_in=duration)
+    model = await resolve(api_key=api_key, name=options.model)
+    samples, duration = await _decode(source)
+    audit.usage().audio_seconds_in = duration
 
     def produce() -> Iterator[TranscriptionInfo | Segment]:
-        with model_cache.use(model) as engine:
-            _check(engine, model, task, options)
-            segments, info = _start(engine, samples, task, options)
+        with model_cache.stt(model) as engine:
+            segments, info = transcribe_on(
+                engine, samples, model_id=model.model_id, task=task, options=options
+            )
             yield info
             yield from segments
 
@@ -170,13 +240,15 @@ async def stream(*, api_key: ApiKey | None, data: bytes, task: Task, options: St
     except BaseException:
         items.close()
         raise
+    assert isinstance(info, TranscriptionInfo)  # noqa: S101 - produce() yields it first, always
 
     async def segments() -> AsyncIterator[Segment]:
         try:
-            async for segment in items:
-                yield segment  # type: ignore[misc]
+            async for item in items:
+                if isinstance(item, Segment):
+                    yield item
         finally:
             items.close()
-            audit.add_time("stt_ms", (time.perf_counter() - started) * 1000)
+            audit.usage().add("stt_ms", (time.perf_counter() - started) * 1000)
 
-    return SegmentStream(model_id=model.model_id, duration=duration, info=info, segments=segments())  # type: ignore[arg-type]
+    return SegmentStream(model_id=model.model_id, duration=duration, info=info, segments=segments())

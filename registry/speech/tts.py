@@ -1,33 +1,47 @@
-"""Text to speech: speak() for /v1/audio/speech and the voice-chat proxy.
+"""Text to speech: resolve a voice, then speak a text, whole or as it grows.
 
-Text is cleaned of markdown and emoji, split into sentences, and synthesised sentence by
-sentence in one pool slot; audio leaves as soon as the first sentence is encoded. Every check
-(model, voice, the engine accepting the voice) happens before the first byte, so a bad request is
-an ordinary 400, never a broken stream.
+    voicing()         model + voice names -> a `Voicing` (ModelNotFound, InvalidRequest...)
+    speak_stream()    a growing text (async iterator of deltas) -> ordered audio chunks: sentences
+                      split as they complete, synthesised with bounded parallelism in the pool,
+                      each engine chunk forwarded as it comes, timing and audit recorded once
+    speak()           /v1/audio/speech: a whole text through speak_stream(), checked before the
+                      first byte (a bad request is an ordinary 400, never a broken stream)
+    speak_whole()     a whole text as one file whose header carries its real length
+    synthesize_on()   the pipeline on a loaded engine; synthesize() gets the engine first. The
+                      bench times these very functions.
+
+Text is cleaned of markdown, fenced code and emoji (registry/speech/text.py). Audio leaves at
+OPENAI_PCM_RATE (24 kHz) in every format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from registry import audit, catalog
-from registry.errors import InvalidRequest, as_openai_error
+from registry.errors import InvalidRequest
 from registry.models import ApiKey
+from registry.resolved import ResolvedModel
 from registry.speech import audio, workers
 from registry.speech.cache import model_cache
-from registry.speech.engines.base import EngineError, Samples, UnknownVoice, VoiceSpec
-from registry.speech.text import SpeakableFilter, split_sentences
+from registry.speech.engines.base import EngineError, Samples, TextToSpeech, UnknownVoice, VoiceSpec
+from registry.speech.text import SentenceSplitter, SpeakableFilter, split_sentences
+
+OUTPUT_RATE = audio.OPENAI_PCM_RATE
+# Formats whose stream is raw s16le (wav behind a streaming header): made on the loop, no codec.
+_RAW_FORMATS = ("pcm", "wav")
 
 
 @dataclass(frozen=True)
 class Voicing:
     """A resolved model and voice, and how fast to speak: all a worker needs."""
 
-    model: catalog.ResolvedModel
+    model: ResolvedModel
     voice: VoiceSpec
     speed: float = 1.0
 
@@ -41,7 +55,7 @@ async def voicing(
     model_param: str = "model",
     voice_param: str = "voice",
 ) -> Voicing:
-    """Resolve model and voice names (ids or aliases).
+    """Resolve model and voice names (ids or aliases); the model's first voice when `voice` is empty.
 
     Raises ModelNotFound, InvalidRequest and PermissionDenied.
     """
@@ -67,21 +81,143 @@ def speakable(text: str) -> list[str]:
     return [s for s in map(speakable_piece, split_sentences(text)) if s]
 
 
-def synthesize(v: Voicing, sentences: list[str]) -> Iterator[tuple[int, Samples]]:
-    """(sample rate, chunk) as the engine produces them. Blocking: run it through `workers`.
+def synthesize_on(engine: TextToSpeech, v: Voicing, sentences: Iterable[str]) -> Iterator[Samples]:
+    """Speak `sentences` on a loaded engine: its chunks (at `engine.sample_rate`) as it makes them.
 
-    Raises InvalidRequest when the engine rejects the voice or the text.
+    Blocking: run it in the pool. Raises InvalidRequest when the engine rejects the voice or the text.
     """
-    with model_cache.use(v.model) as engine:
-        for sentence in sentences:
-            try:
-                chunks = engine.synthesize(sentence, voice=v.voice, speed=v.speed)
-                for chunk in chunks:
-                    yield engine.sample_rate, chunk
-            except UnknownVoice as exc:
-                raise InvalidRequest(str(exc), param="voice", code="invalid_voice") from exc
-            except EngineError as exc:
-                raise InvalidRequest(str(exc), param="input", code="synthesis_failed") from exc
+    for sentence in sentences:
+        try:
+            yield from engine.synthesize(sentence, voice=v.voice, speed=v.speed)
+        except UnknownVoice as exc:
+            raise InvalidRequest(str(exc), param="voice", code="invalid_voice") from exc
+        except EngineError as exc:
+            raise InvalidRequest(str(exc), param="input", code="synthesis_failed") from exc
+
+
+def synthesize(v: Voicing, sentences: Iterable[str], *, rate: int = OUTPUT_RATE) -> Iterator[Samples]:
+    """Get the engine (loading it if needed), speak, and resample to `rate`. Blocking: run it in the pool."""
+    with model_cache.tts(v.model) as engine:
+        resampler = audio.Resampler(engine.sample_rate, rate)
+        for chunk in synthesize_on(engine, v, sentences):
+            out = resampler.push(chunk)
+            if len(out):
+                yield out
+        tail = resampler.flush()
+        if len(tail):
+            yield tail
+
+
+@dataclass
+class _Totals:
+    synthesis_ms: float = 0.0
+    samples_out: int = 0
+
+
+@dataclass
+class _Sentence:
+    """One sentence's audio, synthesised at once and read in order: chunks, then None (or an error)."""
+
+    text: str
+    chunks: asyncio.Queue[Samples | BaseException | None] = field(default_factory=asyncio.Queue)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # emitted: its slot may go to the next
+
+
+async def _synthesize_sentence(
+    v: Voicing, sentence: _Sentence, slots: asyncio.Semaphore, totals: _Totals
+) -> None:
+    async with slots:
+        started = time.perf_counter()
+        items = None
+        try:
+            items = workers.stream(synthesize, v, [sentence.text])
+            async for chunk in items:
+                sentence.chunks.put_nowait(chunk)
+        except Exception as exc:  # raised by the emitter, in order
+            sentence.chunks.put_nowait(exc)
+        finally:
+            if items is not None:
+                items.close()  # a listener who went away stops synthesis before the next chunk
+            totals.synthesis_ms += (time.perf_counter() - started) * 1000
+            sentence.chunks.put_nowait(None)
+        # Bounded: a sentence keeps its slot until it has been sent, so at most `parallelism`
+        # sentences are synthesised or waiting to be sent at once.
+        await sentence.done.wait()
+
+
+async def speak_stream(
+    *, v: Voicing, text: AsyncIterable[str], response_format: str, parallelism: int = 1
+) -> AsyncIterator[bytes]:
+    """Speak a growing text: ordered audio chunks in `response_format` (a key of audio.FORMATS).
+
+    Sentences are synthesised as soon as the text completes them, up to `parallelism` at once,
+    and leave in order; each engine chunk is encoded and sent as it comes. Synthesis errors
+    (InvalidRequest for a voice or text the engine rejects, ServerBusy, ModelUnavailable) are
+    raised where their sentence's audio would have been. Closing the iterator early stops the
+    work. The audit scope gets tts_ms (synthesis time), audio_seconds_out and
+    tts_first_audio_ms once. Yields nothing for a text with nothing to speak.
+    """
+    slots = asyncio.Semaphore(parallelism)
+    order: asyncio.Queue[_Sentence | BaseException | None] = asyncio.Queue()
+    tasks: list[asyncio.Task[None]] = []
+    totals = _Totals()
+
+    async def read() -> None:
+        splitter, speakable_piece = SentenceSplitter(), SpeakableFilter()
+
+        def start(pieces: list[str]) -> None:
+            for piece in pieces:
+                spoken = speakable_piece(piece)
+                if spoken:
+                    sentence = _Sentence(spoken)
+                    order.put_nowait(sentence)
+                    tasks.append(asyncio.create_task(_synthesize_sentence(v, sentence, slots, totals)))
+
+        try:
+            async for delta in text:
+                start(splitter.feed(delta))
+            start(splitter.flush())
+            order.put_nowait(None)
+        except Exception as exc:
+            order.put_nowait(exc)
+
+    reader = asyncio.create_task(read())
+    encoder = (
+        None
+        if response_format in _RAW_FORMATS
+        else audio.StreamEncoder(response_format, input_rate=OUTPUT_RATE)
+    )
+    try:
+        if response_format == "wav":
+            yield audio.wav_stream_header(OUTPUT_RATE)
+        while (sentence := await order.get()) is not None:
+            if isinstance(sentence, BaseException):
+                raise sentence
+            while (chunk := await sentence.chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                totals.samples_out += len(chunk)
+                data = audio.s16le(chunk) if encoder is None else await workers.run(encoder.encode, chunk)
+                if data:
+                    audit.mark_first("tts_first_audio_ms")
+                    yield data
+            sentence.done.set()
+        if encoder is not None:
+            tail = await workers.run(encoder.close)
+            if tail:
+                yield tail
+    finally:
+        reader.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(reader, *tasks, return_exceptions=True)
+        usage = audit.usage()
+        usage.add("tts_ms", totals.synthesis_ms)
+        usage.add("audio_seconds_out", totals.samples_out / OUTPUT_RATE)
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text
 
 
 @dataclass
@@ -90,53 +226,31 @@ class SpeechStream:
     chunks: AsyncIterator[bytes]
 
 
-def encoded(v: Voicing, sentences: list[str], fmt: str, totals: dict[str, float]) -> Iterator[bytes]:
-    encoder: audio.StreamEncoder | None = None
-    for rate, chunk in synthesize(v, sentences):
-        if encoder is None:
-            encoder = audio.StreamEncoder(fmt, input_rate=rate)
-        totals["seconds"] += audio.seconds(chunk, rate)
-        data = encoder.encode(chunk)
-        if data:
-            yield data
-    if encoder is not None:
-        tail = encoder.close()
-        if tail:
-            yield tail
-
-
 async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
-    """Start speaking `text`; returns once the first audio bytes exist (or raised why not)."""
-    sentences = speakable(text)
-    if not sentences:
+    """Start speaking a whole text; returns once the first audio bytes exist (or raised why not)."""
+    if not speakable(text):
         raise InvalidRequest("The input has nothing to speak.", param="input", code="empty_input")
-    audit.note(characters_in=len(text))
-    totals = {"seconds": 0.0}
-    started = time.perf_counter()
-    items = workers.stream(encoded, v, sentences, response_format, totals)
+    audit.usage().characters_in = len(text)
+    chunks = speak_stream(v=v, text=_once(text), response_format=response_format)
     try:
-        first = await anext(items)
+        first = await anext(chunks)
+        if response_format == "wav":  # the header alone says nothing about the voice: wait for audio
+            first += await anext(chunks)
     except StopAsyncIteration:
         raise InvalidRequest("The input has nothing to speak.", param="input", code="empty_input") from None
     except BaseException:
-        items.close()
+        await chunks.aclose()
         raise
-    audit.note(tts_first_audio_ms=(time.perf_counter() - started) * 1000)
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def body() -> AsyncIterator[bytes]:
         try:
             yield first
-            async for data in items:
+            async for data in chunks:
                 yield data
-        except Exception as exc:
-            audit.note(stream_error=as_openai_error(exc))
-            raise
         finally:
-            items.close()  # a client that went away stops synthesis before the next chunk
-            audit.add_time("tts_ms", (time.perf_counter() - started) * 1000)
-            audit.note(audio_seconds_out=totals["seconds"])
+            await chunks.aclose()
 
-    return SpeechStream(content_type=audio.FORMATS[response_format], chunks=chunks())
+    return SpeechStream(content_type=audio.FORMATS[response_format], chunks=body())
 
 
 async def speech(
@@ -148,14 +262,11 @@ async def speech(
 
 
 def _whole(v: Voicing, sentences: list[str], fmt: str) -> tuple[bytes, float]:
-    rate = 24_000
-    parts: list[Samples] = []
-    for rate, chunk in synthesize(v, sentences):  # noqa: B007 - every chunk carries the engine's rate
-        parts.append(chunk)
+    parts = list(synthesize(v, sentences))
     if not parts:
         raise InvalidRequest("The reply has nothing to speak.", code="empty_input")
     samples = np.concatenate(parts)
-    return audio.encode_whole(samples, fmt, input_rate=rate), audio.seconds(samples, rate)
+    return audio.encode_whole(samples, fmt, input_rate=OUTPUT_RATE), audio.seconds(samples, OUTPUT_RATE)
 
 
 async def speak_whole(*, v: Voicing, text: str, response_format: str) -> bytes:
@@ -165,6 +276,7 @@ async def speak_whole(*, v: Voicing, text: str, response_format: str) -> bytes:
         raise InvalidRequest("The reply has nothing to speak.", code="empty_input")
     started = time.perf_counter()
     data, seconds = await workers.run(_whole, v, sentences, response_format)
-    audit.add_time("tts_ms", (time.perf_counter() - started) * 1000)
-    audit.add_time("audio_seconds_out", seconds)
+    usage = audit.usage()
+    usage.add("tts_ms", (time.perf_counter() - started) * 1000)
+    usage.add("audio_seconds_out", seconds)
     return data

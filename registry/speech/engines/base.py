@@ -1,7 +1,7 @@
 """The small interface every speech engine implements.
 
 Engines run in worker threads: they may block, and they never import Django, touch the ORM or
-the event loop (so `bench/` can call them directly). The model cache (`registry/cache.py`) is
+the event loop (so `bench/` can call them directly). The model cache (`registry/speech/cache.py`) is
 the only place that constructs them, from a frozen `EngineSpec`.
 """
 
@@ -26,6 +26,14 @@ class EngineError(Exception):
 
 class UnknownVoice(EngineError):
     """The voice asked for is not in the model's source."""
+
+
+class UnsupportedLanguage(EngineError):
+    """The language asked for is not one the model knows."""
+
+
+class CannotTranslate(EngineError):
+    """Translation asked of an English-only model."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ class SpeechToText(Protocol):
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """Start transcribing; segments are decoded lazily as the iterator is drained.
 
-        Raises EngineError for a language the model does not know.
+        Raises UnsupportedLanguage, CannotTranslate, or EngineError for bad VAD parameters.
         """
         ...
 

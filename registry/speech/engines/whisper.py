@@ -11,12 +11,14 @@ import faster_whisper
 from faster_whisper.vad import VadOptions
 
 from registry.speech.engines.base import (
+    CannotTranslate,
     EngineError,
     EngineSpec,
     Samples,
     Segment,
     Task,
     TranscriptionInfo,
+    UnsupportedLanguage,
     Word,
 )
 
@@ -103,11 +105,13 @@ class WhisperEngine:
         """
         if language is not None and language not in self.languages:
             if self.multilingual:
-                raise EngineError(f"Unsupported language {language!r}: this model does not know it.")
+                raise UnsupportedLanguage(f"Unsupported language {language!r}: this model does not know it.")
             # faster-whisper would warn and silently transcribe as English instead.
-            raise EngineError(f"Unsupported language {language!r}: this model is English-only.")
+            raise UnsupportedLanguage(f"Unsupported language {language!r}: this model is English-only.")
         if task == "translate" and not self.multilingual:
-            raise EngineError("This model is English-only and cannot translate; use a multilingual model.")
+            raise CannotTranslate(
+                "This model is English-only and cannot translate; use a multilingual model."
+            )
         try:
             vad_options = VadOptions(**vad_parameters) if vad_parameters else None
         except TypeError as exc:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
-from registry import audit
-from registry.errors import as_openai_error, sse_error_event
+from registry.api import sse
 from registry.speech.engines.base import Segment, Word
 from registry.speech.stt import SegmentStream, Transcript
 from registry.speech.tts import SpeechStream
@@ -152,73 +150,45 @@ def transcription_response(
     return JsonResponse(body)
 
 
-def sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
-
-
 def transcription_stream(stream: SegmentStream, *, include_logprobs: bool) -> StreamingHttpResponse:
     """OpenAI's transcription stream: `transcript.text.delta` per segment, then `transcript.text.done`."""
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncIterator[dict[str, Any]]:
         texts: list[str] = []
         words: list[Word] = []
-        try:
-            async for segment in stream.segments:
-                delta = segment.text if texts else segment.text.lstrip()
-                texts.append(delta)
-                words.extend(segment.words or [])
-                event: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
-                if include_logprobs:
-                    event["logprobs"] = logprobs(segment.words or [])
-                yield sse(event)
-        except Exception as exc:
-            audit.note(stream_error=as_openai_error(exc))
-            yield sse_error_event(exc)
-            return
+        async for segment in stream.segments:
+            delta = segment.text if texts else segment.text.lstrip()
+            texts.append(delta)
+            words.extend(segment.words or [])
+            event: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
+            if include_logprobs:
+                event["logprobs"] = logprobs(segment.words or [])
+            yield event
         # The done text is exactly the concatenation of the deltas, so clients may use either.
         # No `usage`: the SDK types it as token usage, which Whisper's duration is not.
         done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(texts)}
         if include_logprobs:
             done["logprobs"] = logprobs(words)
-        yield sse(done)
+        yield done
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse.event_stream(events())
 
 
 def speech_response(speech: SpeechStream, *, stream_format: str, characters: int) -> StreamingHttpResponse:
     """The audio body streamed, or SSE `speech.audio.delta` events then `speech.audio.done`."""
     if stream_format == "audio":
-        response = StreamingHttpResponse(speech.chunks, content_type=speech.content_type)
-        response["Cache-Control"] = "no-cache"
-        return response
+        return sse.audio_stream(speech.chunks, speech.content_type)
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncIterator[dict[str, Any]]:
         count = 0
-        try:
-            async for data in speech.chunks:
-                count += 1
-                yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-        except Exception as exc:
-            audit.note(stream_error=as_openai_error(exc))
-            yield sse_error_event(exc)
-            return
+        async for data in speech.chunks:
+            count += 1
+            yield {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
         # OpenAI counts tokens; our engines have none, so input counts characters and output the
         # audio chunks sent (documented in README).
-        yield sse(
-            {
-                "type": "speech.audio.done",
-                "usage": {
-                    "input_tokens": characters,
-                    "output_tokens": count,
-                    "total_tokens": characters + count,
-                },
-            }
-        )
+        yield {
+            "type": "speech.audio.done",
+            "usage": {"input_tokens": characters, "output_tokens": count, "total_tokens": characters + count},
+        }
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return sse.event_stream(events())

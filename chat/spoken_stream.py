@@ -1,0 +1,181 @@
+"""A streamed voice-chat reply: the upstream's chunks re-shaped as OpenAI's audio deltas.
+
+Transcript deltas leave as the text arrives; each choice's text is also fed to
+`tts.speak_stream()` (the one streamed-speech component), whose pcm16 chunks leave as
+`delta.audio.data` in order. Role, tool calls and refusals pass through as sent. A choice's audio
+ends before the chunk that carries its `finish_reason`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from chat import audio_store, upstream
+from registry import audit
+from registry.speech import tts
+
+SPEECH_PARALLELISM = 2  # sentences synthesised at once per choice: the next is ready when one ends
+Payload = dict[str, Any] | str
+
+
+class _ChoiceVoice:
+    """Speaks one choice while its text streams, through tts.speak_stream()."""
+
+    def __init__(self, reply: SpokenStream, index: int) -> None:
+        self.reply = reply
+        self.index = index
+        self.audio_id = audio_store.new_id()
+        self.transcript: list[str] = []
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self.emitter = asyncio.create_task(self._emit())
+
+    def text(self, piece: str) -> None:
+        self.transcript.append(piece)
+        self.pieces.put_nowait(piece)
+
+    async def _text(self) -> AsyncIterator[str]:
+        while (piece := await self.pieces.get()) is not None:
+            yield piece
+
+    async def _emit(self) -> None:
+        chunks = tts.speak_stream(
+            v=self.reply.voicing, text=self._text(), response_format="pcm", parallelism=SPEECH_PARALLELISM
+        )
+        try:
+            async for data in chunks:
+                await self.reply.put(
+                    self.reply.chunk(self.index, {"audio": {"id": self.audio_id, "data": _b64(data)}})
+                )
+        finally:
+            await chunks.aclose()
+
+    async def finish(self) -> None:
+        """Speak what is left, wait until every audio delta is out, then send the closing audio delta."""
+        self.pieces.put_nowait(None)
+        await self.emitter
+        text = "".join(self.transcript)
+        if not text:
+            return
+        expires_at = audio_store.expiry()
+        await audio_store.save(self.audio_id, text, expires_at)
+        await self.reply.put(
+            self.reply.chunk(
+                self.index, {"audio": {"id": self.audio_id, "expires_at": int(expires_at.timestamp())}}
+            )
+        )
+
+    def cancel(self) -> None:
+        self.emitter.cancel()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class SpokenStream:
+    """Audio out, streamed: transcript deltas as the text arrives, pcm16 deltas as sentences are spoken."""
+
+    def __init__(
+        self,
+        *,
+        voicing: tts.Voicing,
+        include_usage: bool,
+        events: upstream.Events,
+        stack: AsyncExitStack,
+        started: float,
+    ) -> None:
+        self.voicing = voicing
+        self.include_usage = include_usage
+        self.upstream_events = events
+        self.stack = stack
+        self.started = started
+        self.out: asyncio.Queue[Payload | BaseException | None] = asyncio.Queue()
+        self.voices: dict[int, _ChoiceVoice] = {}
+        self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
+
+    def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            **self.template,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+        }
+
+    async def put(self, chunk: dict[str, Any]) -> None:
+        await self.out.put(chunk)
+
+    def voice(self, index: int) -> _ChoiceVoice:
+        if index not in self.voices:
+            self.voices[index] = _ChoiceVoice(self, index)
+        return self.voices[index]
+
+    async def read(self) -> None:
+        finishes: dict[int, dict[str, Any]] = {}
+        usage_chunk: dict[str, Any] | None = None
+        usage = audit.usage()
+        try:
+            async for chunk in self.upstream_events.chunks():
+                if usage.llm_first_token_ms is None:
+                    usage.llm_first_token_ms = (time.perf_counter() - self.started) * 1000
+                self.template = {
+                    k: chunk[k]
+                    for k in ("id", "object", "created", "model", "system_fingerprint")
+                    if k in chunk
+                }
+                choices = chunk.get("choices") or []
+                if not choices:
+                    if chunk.get("usage") is not None:
+                        usage_chunk = chunk
+                    continue
+                for choice in choices:
+                    index = int(choice.get("index", 0))
+                    delta = dict(choice.get("delta") or {})
+                    content = delta.pop("content", None)
+                    voice = self.voice(index)
+                    if delta:  # role, tool_calls, refusal: passed through as sent
+                        await self.put(self.chunk(index, delta))
+                    if content:
+                        voice.text(content)
+                        await self.put(
+                            self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}})
+                        )
+                    if choice.get("finish_reason"):
+                        finishes[index] = self.chunk(index, {}, choice["finish_reason"])
+            usage.llm_ms = (time.perf_counter() - self.started) * 1000
+            # No audio after the chunk that carries finish_reason: each choice's audio ends first.
+            for index, voice in sorted(self.voices.items()):
+                await voice.finish()
+                if index in finishes:
+                    await self.put(finishes[index])
+            if usage_chunk is not None:
+                usage.tokens = usage_chunk.get("usage")
+                if self.include_usage:
+                    await self.put(usage_chunk)
+            await self.out.put("[DONE]")
+        except BaseException as exc:
+            await self.out.put(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            await self.out.put(None)
+
+    async def events(self) -> AsyncIterator[Payload]:
+        """The reply's events; an error (the upstream's or speech's) is raised after what came before it."""
+        reader = asyncio.create_task(self.read())
+        try:
+            while (item := await self.out.get()) is not None:
+                if isinstance(item, asyncio.CancelledError):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # The client went away, or the stream ended: stop reading the upstream and speaking.
+            reader.cancel()
+            for voice in self.voices.values():
+                voice.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self.stack.aclose()
