@@ -168,7 +168,7 @@ class ChatCompletionParams(serializers.Serializer):
             raise serializers.ValidationError(
                 {"audio": "'modalities' with 'audio' needs the 'audio' parameter: {voice, format}."}
             )
-        if wants_audio and attrs.get("stream") and audio["format"] != "pcm16":
+        if wants_audio and audio is not None and attrs.get("stream") and audio["format"] != "pcm16":
             raise serializers.ValidationError(
                 {"audio": {"format": "Streamed audio is sent as 'pcm16'; set 'audio.format' to 'pcm16'."}}
             )

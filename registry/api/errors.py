@@ -104,7 +104,7 @@ def error_response(exc: BaseException) -> JsonResponse:
     for name, value in error.headers.items():
         response[name] = value
     # The audit middleware reads this back to fill the log row.
-    response.openai_error = error  # type: ignore[attr-defined]
+    response.openai_error = error
     return response
 
 

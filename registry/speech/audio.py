@@ -292,7 +292,10 @@ class StreamEncoder:
             self._container = av.open(
                 self._sink, mode="w", format=container_format, container_options=options
             )
-            self._stream = self._container.add_stream(codec, rate=self.output_rate, layout="mono")
+            stream = self._container.add_stream(codec, rate=self.output_rate, layout="mono")
+            if not isinstance(stream, av.audio.stream.AudioStream):
+                raise AudioError(f"FFmpeg's {codec} is not an audio codec.")
+            self._stream = stream
 
     def encode(self, samples: Samples) -> bytes:
         """Add `samples` (mono float32 at `input_rate`); returns the bytes that are ready, possibly b""."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,7 +147,7 @@ async def _synthesize_sentence(
 
 async def speak_stream(
     *, v: Voicing, text: AsyncIterable[str], response_format: str, parallelism: int = 1
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """Speak a growing text: ordered audio chunks in `response_format` (a key of audio.FORMATS).
 
     Sentences are synthesised as soon as the text completes them, up to `parallelism` at once,

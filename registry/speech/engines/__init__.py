@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 ENGINES: Final[dict[str, str]] = {
     "faster-whisper": "registry.speech.engines.whisper.WhisperEngine",
@@ -35,3 +35,14 @@ def engine_class(name: str) -> type:
     """
     module_name, _, class_name = ENGINES[name].rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+if TYPE_CHECKING:
+    # Not imported at run time (see above): here the type checker holds each engine to its Protocol.
+    from registry.speech.engines.base import SpeechToText, TextToSpeech
+    from registry.speech.engines.kokoro import KokoroEngine
+    from registry.speech.engines.piper import PiperEngine
+    from registry.speech.engines.whisper import WhisperEngine
+
+    _STT_ENGINES: tuple[type[SpeechToText], ...] = (WhisperEngine,)
+    _TTS_ENGINES: tuple[type[TextToSpeech], ...] = (KokoroEngine, PiperEngine)
