@@ -3,8 +3,8 @@
 A request needs its API key, a speech model or two, a voice and perhaps an upstream: five small
 queries, each behind a thread hop, ~4-7 ms before any work starts. Instead each process keeps a
 `Snapshot` of the enabled models, voices and upstreams (and the keys it has seen), and checks it
-once per /v1/ request against `RegistryVersion`, a number every registry change bumps in its own
-transaction (registry/models.py). A change made anywhere (the admin, `loadregistry`, another
+once per unit of work (each /v1/ request, or any other audit scope) against `RegistryVersion`, a
+number every registry change bumps in its own transaction (registry/models.py). A change made anywhere (the admin, `loadregistry`, another
 process or host on the same database) therefore applies from the next request on, at the cost of
 one indexed one-row read on a kept connection (registry/db_threads.py). A snapshot is also read
 again after `MAX_AGE_S`, for changes made beside Django (SQL by hand).
@@ -63,14 +63,19 @@ class Snapshot:
 
 
 _latest: Snapshot | None = None
-# The snapshot this request has checked, with the request's audit record: one check per request.
+# The snapshot checked in this unit of work, with its audit record: one check per audit scope.
 _checked: ContextVar[tuple[audit.AuditRecord, Snapshot] | None] = ContextVar(
     "voiceproxy_snapshot", default=None
 )
 
 
 async def current() -> Snapshot:
-    """The registry as of this request (checked on the first call of each /v1/ request)."""
+    """The registry as of this unit of work.
+
+    Checked against the database on the first call in each audit scope (an HTTP request, a
+    WebSocket turn, a command or bench run: registry/audit.py) and kept for the rest of it;
+    outside any scope, checked on every call. Usable from any async code.
+    """
     checked = _memo()
     if checked is None:
         checked = _remember(await db_threads.foreground.run(_fresh))
@@ -78,7 +83,7 @@ async def current() -> Snapshot:
 
 
 def current_sync() -> Snapshot:
-    """`current()` for sync code running off the event loop (DRF authentication)."""
+    """`current()` for sync code running off the event loop (key checks in registry/access.py)."""
     checked = _memo()
     if checked is None:
         checked = _remember(db_threads.foreground.call(_fresh))
