@@ -4,9 +4,10 @@ A request needs its API key, a speech model or two, a voice and perhaps an upstr
 queries, each behind a thread hop, ~4-7 ms before any work starts. Instead each process keeps a
 `Snapshot` of the enabled models, voices and upstreams (and the keys it has seen), and checks it
 once per unit of work (each /v1/ request, or any other audit scope) against `RegistryVersion`, a
-number every registry change bumps in its own transaction (registry/models.py). A change made anywhere (the admin, `loadregistry`, another
-process or host on the same database) therefore applies from the next request on, at the cost of
-one indexed one-row read on a kept connection (registry/db_threads.py). A snapshot is also read
+number every registry change bumps in its own transaction (registry/models.py). A change made
+anywhere (the admin, `loadregistry`, another process or host on the same database) therefore
+applies from the next request on, at the cost of one indexed one-row read on a kept connection
+(registry/db_threads.py). A snapshot is also read
 again after `MAX_AGE_S`, for changes made beside Django (SQL by hand).
 
 Snapshots are read-only: their rows are shared by concurrent requests and must not be saved.
