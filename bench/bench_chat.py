@@ -2,26 +2,28 @@
 
     cd /work/main && .venv/bin/python bench/bench_chat.py [--runs N] [--token-delay S]
 
-The upstream LLM is tests/upstream.py's FakeUpstream, started in this process on 127.0.0.1 and
+The upstream LLM is bench/harness/upstream.py's FakeUpstream, started in this process on 127.0.0.1 and
 registered with `manage.py loadregistry` as the default upstream (model "bench-llm"); it streams a
 fixed 5-sentence reply, one word or punctuation mark per chunk, `--token-delay` seconds apart. The
-gateway is bench.common.Gateway (daphne, SQLite, the starter registry: tiny.en, Piper joe as "alloy").
+gateway is bench.gateway.Gateway (daphne, SQLite, the starter registry: tiny.en, Piper joe as "alloy").
+The direct engines are bench.direct's: resolved by the registry as the gateway resolves them, taken
+from this process's model cache, and run through the gateway's pipelines without HTTP or the pool.
 
 Streaming (audio.format pcm16, stream=True), per round:
 - gateway: the openai SDK's chat.completions.create(stream=True); the time to the first chunk whose
            delta carries audio data;
 - (a):     a direct streaming httpx call to the FakeUpstream, its content fed to the gateway's
            SentenceSplitter: the time to the first complete sentence;
-- (b):     that sentence (clean_for_speech, as the gateway does) through PiperEngine + StreamEncoder("pcm"),
-           built from the gateway's own EngineSpec: the time to its first encoded bytes.
+- (b):     that sentence through Speaker.stream(fmt "pcm"): tts.speakable, tts.synthesize_on on the
+           Piper engine, audio.StreamEncoder("pcm"): the time to its first encoded bytes.
 Gateway overhead = first audio delta - ((a) + (b)).
 
 Non-streaming (audio.format wav, an input_audio part of real espeak-ng speech), per round:
 - gateway: the SDK's chat.completions.create, a different spoken sentence each round (a resent clip
            would be served from the gateway's transcript cache), then the same clip again (a cache hit);
-- direct:  speech.audio.decode + WhisperEngine.transcribe (the gateway's spec and arguments), a direct
-           non-streaming httpx call to the FakeUpstream with the transcript, PiperEngine over
-           `speakable(reply)` + registry.speech.audio.encode_whole(wav): stt + llm + tts.
+- direct:  Transcriber.transcribe (audio.decode + stt.transcribe_on, drained), a direct non-streaming
+           httpx call to the FakeUpstream with the transcript, Speaker.whole(fmt "wav")
+           (tts.synthesize_on over tts.speakable(reply), audio.encode_whole): stt + llm + tts.
 The cache-hit request is compared with llm + tts alone.
 
 Everything warm (untimed warm-up rounds first: model loads, connections), interleaved, the order
@@ -33,12 +35,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
@@ -49,32 +50,21 @@ from openai.types.chat import ChatCompletion  # noqa: E402
 from bench.chat_figures import (  # noqa: E402
     StreamRound,
     WholeRound,
-    ms,
     print_stream,
     print_whole,
     stream_figures,
     summary_rows,
     whole_figures,
 )
-from bench.common import (  # noqa: E402
-    STT_MAX_SECONDS,
-    STT_SAMPLE_RATE,
-    Gateway,
-    machine_facts,
-    markdown_table,
-    median,
-    warn_if_busy,
-)
-from bench.direct_speech import speak_stream, speak_whole  # noqa: E402
-from bench.registry_setup import load_registry, stt_target, tts_target, use_gateway_settings  # noqa: E402
+from bench.gateway import Gateway  # noqa: E402
+from bench.harness.speech import speech  # noqa: E402
+from bench.harness.upstream import FakeUpstream  # noqa: E402
+from bench.report import markdown_table, ms, print_machine, signed, timed_median, warn_if_busy  # noqa: E402
 from bench.service_costs import VOICE_CHAT_OUTSIDE, payload_costs, service_costs  # noqa: E402
-from registry.speech import audio  # noqa: E402
-from registry.speech.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
-from registry.speech.engines.piper import PiperEngine  # noqa: E402
-from registry.speech.engines.whisper import WhisperEngine  # noqa: E402
-from registry.speech.text import SentenceSplitter, clean_for_speech  # noqa: E402
-from tests.speech import speech  # noqa: E402
-from tests.upstream import FakeUpstream  # noqa: E402
+from registry.speech.text import SentenceSplitter  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.direct import Speaker, Transcriber
 
 MODEL = "bench-llm"
 VOICE = "alloy"
@@ -107,13 +97,12 @@ BUSY_LOAD = 1.0
 
 @dataclass
 class Parts:
-    """The sum-of-parts side: the direct engines, the upstream, and the gateway's voice."""
+    """The sum-of-parts side: the direct engines (the gateway's voice and STT model), the upstream."""
 
     upstream_url: str
     http: httpx.Client
-    piper: TextToSpeech
-    voice: VoiceSpec
-    whisper: WhisperEngine
+    piper: Speaker
+    whisper: Transcriber
 
     def first_sentence(self) -> tuple[float, float, str, float]:
         """(a): a streaming call to the upstream, as the gateway makes it, its content split as the gateway
@@ -149,36 +138,13 @@ class Parts:
 
     def speak_first(self, sentence: str) -> float:
         """(b): one sentence through Piper and the pcm encoder; seconds to its first encoded bytes."""
-        return speak_stream(self.piper, self.voice, [clean_for_speech(sentence)], "pcm").first_s
-
-    def transcribe(self, wav: bytes) -> tuple[str, float]:
-        """(the transcript, seconds spent decoding)."""
-        started = time.perf_counter()
-        samples, _ = audio.decode(wav, sample_rate=STT_SAMPLE_RATE, max_seconds=STT_MAX_SECONDS)
-        decoded = time.perf_counter() - started
-        # The arguments registry/stt.py's _start() passes for default SttOptions.
-        segments, _ = self.whisper.transcribe(
-            samples,
-            task="transcribe",
-            language=None,
-            prompt=None,
-            temperature=None,
-            word_timestamps=False,
-            vad_filter=False,
-            vad_parameters=None,
-        )
-        return "".join(s.text for s in list(segments)).strip(), decoded
+        return self.piper.stream(sentence, "pcm").first_s
 
     def complete(self, text: str) -> str:
         body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}
         response = self.http.post(f"{self.upstream_url}/chat/completions", json=body)
         response.raise_for_status()
         return response.json()["choices"][0]["message"]["content"]
-
-    def speak_wav(self, text: str) -> tuple[bytes, float]:
-        from registry.speech.tts import speakable
-
-        return speak_whole(self.piper, self.voice, speakable(text), "wav")
 
 
 def gateway_stream(client: openai.OpenAI) -> tuple[float, float, float, str]:
@@ -280,11 +246,11 @@ def whole_rounds(parts: Parts, client: openai.OpenAI, clips: Clips, runs: int) -
             time.sleep(SETTLE_S)
             if side == "direct":
                 started = time.perf_counter()
-                transcript, decode = parts.transcribe(wav)
+                transcript, decode = parts.whisper.transcribe(wav)
                 after_stt = time.perf_counter()
                 reply = parts.complete(transcript)
                 after_llm = time.perf_counter()
-                _, audio_s = parts.speak_wav(reply)
+                _, audio_s = parts.piper.whole(reply, "wav")
                 done = time.perf_counter()
                 timings |= {
                     "stt": after_stt - started,
@@ -313,18 +279,6 @@ def whole_rounds(parts: Parts, client: openai.OpenAI, clips: Clips, runs: int) -
                 )
             )
     return rounds
-
-
-def timed_median(fn: Callable[[], object], runs: int = 20, pause: float = 0.0) -> float:
-    """Median seconds of `runs` calls of `fn`, after two untimed ones, `pause` seconds apart."""
-    times = []
-    for i in range(runs + 2):
-        time.sleep(pause)
-        started = time.perf_counter()
-        fn()
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return median(times)
 
 
 def text_chat_costs(parts: Parts, client: openai.OpenAI) -> tuple[float, float]:
@@ -358,35 +312,35 @@ def main() -> None:
         )
     bench_started = time.perf_counter()
 
-    facts = machine_facts()
-    load_before = os.getloadavg()[0]
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
-    print(f"load:    1-minute load average {load_before:.2f} before the run")
+    facts, load_before = print_machine()
     clips = Clips(QUESTIONS[: WARMUP_ROUNDS + args.runs])
 
-    with FakeUpstream(reply=REPLY, token_delay=args.token_delay) as upstream, Gateway() as gateway:
+    with (
+        FakeUpstream(reply=REPLY, token_delay=args.token_delay) as upstream,
+        Gateway() as gateway,
+        gateway.engines() as engines,
+    ):
         registry = {
             "upstreams": [
                 {"name": "bench-upstream", "base_url": upstream.base_url, "models": [MODEL], "default": True}
             ]
         }
-        loaded = load_registry(gateway, registry)
-        use_gateway_settings(gateway)
-        tts_spec, voice = tts_target(None, VOICE)
-        stt_spec = stt_target("whisper-1")
+        loaded = gateway.load_registry(registry)
         with httpx.Client(timeout=60) as http:
             parts = Parts(
                 upstream_url=upstream.base_url,
                 http=http,
-                piper=PiperEngine(tts_spec),
-                voice=voice,
-                whisper=WhisperEngine(stt_spec),
+                piper=engines.tts(None, VOICE),
+                whisper=engines.stt("whisper-1"),
             )
             print(
                 f"gateway: {gateway.url}, {loaded}; upstream {upstream.base_url} (FakeUpstream, "
                 f"token_delay {args.token_delay:g} s); ready in {time.perf_counter() - bench_started:.1f} s"
             )
-            print(f"engines: tts {tts_spec.model_id} voice {voice.name}; stt {stt_spec.model_id}")
+            print(
+                f"engines: tts {parts.piper.voicing.model.model_id} voice {parts.piper.voicing.voice.name}; "
+                f"stt {parts.whisper.model.model_id}"
+            )
             print(f"reply:   {REPLY!r}")
             client = openai.OpenAI(
                 base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=120
@@ -394,7 +348,7 @@ def main() -> None:
             streamed = stream_rounds(parts, client, args.runs)
             whole = whole_rounds(parts, client, clips, args.runs)
             gateway_text, direct_text = text_chat_costs(parts, client)
-            reply_wav, _ = parts.speak_wav(REPLY)
+            reply_wav, _ = parts.piper.whole(REPLY, "wav")
             payload = payload_costs(
                 model=MODEL, voice=VOICE, reply=REPLY, reply_wav=reply_wav, wav=clips.wavs[whole[0].question]
             )
@@ -430,7 +384,7 @@ def main() -> None:
     print("\n== Per-request costs around the engines (medians of 20) ==")
     print(
         f"  text-only chat, no audio: gateway {ms(gateway_text)} vs direct upstream call {ms(direct_text)}: "
-        f"{(gateway_text - direct_text) * 1000:+.1f} ms"
+        f"{signed(gateway_text - direct_text)}"
     )
     for name, value in payload:
         print(f"  {name:<62} {ms(value):>8}")

@@ -8,11 +8,12 @@ One run, one 3-sentence text, the same model files, one machine, two engines:
   into .cache/kokoro-full), registered as "kokoro-full" with voice af_heart by `manage.py loadregistry`.
 - Piper: the starter's default, "tts-1" with voice "alloy" (en_US-joe-medium).
 
-- direct: KokoroEngine / PiperEngine built from the EngineSpec the gateway resolves (registry.catalog, in
-          this process, on the gateway's database), `registry.speech.tts.speakable(text)`, `synthesize()` per
-          sentence, `registry.speech.audio.StreamEncoder(FORMAT)`: the work of tts.encoded(), without HTTP.
+- direct: bench.direct: the model and voice resolved by `registry.speech.tts.voicing()` (in this process,
+          on the gateway's database), the engine taken from this process's model cache, then the
+          gateway's pipeline on it: `tts.speakable(text)`, `tts.synthesize_on()` sentence by sentence,
+          each chunk through `registry.speech.audio.StreamEncoder(FORMAT)`; no HTTP, no pool.
 - http:   the openai SDK's audio.speech.with_streaming_response.create(stream_format="audio"), the body
-          read chunk by chunk, against a fresh gateway (bench.common.Gateway: daphne, SQLite, the starter
+          read chunk by chunk, against a fresh gateway (bench.gateway.Gateway: daphne, SQLite, the starter
           registry, VOICEPROXY_INFERENCE_THREADS=2).
 
 Both warm (warm-up calls first: model loads, Kokoro's G2P, first-call allocations) and interleaved, the
@@ -26,23 +27,33 @@ of audio (the RTF ratio).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
 
-import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from bench.common import Gateway, machine_facts, markdown_table, median, warn_if_busy  # noqa: E402
-from bench.direct_speech import Spoken, speak_stream  # noqa: E402
-from bench.registry_setup import kokoro_full_dir, load_registry, tts_target, use_gateway_settings  # noqa: E402
+from bench.gateway import HEALTH, MODELS, Gateway  # noqa: E402
+from bench.harness.speech import kokoro_dir  # noqa: E402
+from bench.report import (  # noqa: E402
+    markdown_table,
+    median,
+    ms,
+    print_machine,
+    runs_ms,
+    signed,
+    warn_if_busy,
+    yes,
+)
 from bench.service_costs import service_costs  # noqa: E402
-from registry.speech.engines.base import TextToSpeech, VoiceSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.direct import Speaker, Spoken
 
 TEXT = (
     "The train leaves the station at nine every morning. "
@@ -82,7 +93,7 @@ class Series:
     fmt: str
     direct: list[Spoken] = field(default_factory=list)
     http: list[HttpSpoken] = field(default_factory=list)
-    audit: dict[str, dict[str, float]] = field(default_factory=dict)  # request id -> RequestLog fields
+    audit: dict[str, dict[str, float]] = field(default_factory=dict)  # request id -> RequestLog, seconds
 
     def http_audio_s(self, call: HttpSpoken) -> float:
         seconds = self.audit.get(call.request_id, {}).get("audio_seconds_out")
@@ -108,47 +119,24 @@ def http_speak(client: openai.OpenAI, case: Case, fmt: str) -> HttpSpoken:
 
 
 def run_rounds(
-    series: list[Series],
-    engines: dict[str, tuple[TextToSpeech, VoiceSpec]],
-    client: openai.OpenAI,
-    sentences: list[str],
-    runs: dict[str, int],
+    series: list[Series], speakers: dict[str, Speaker], client: openai.OpenAI, runs: dict[str, int]
 ) -> None:
     """`runs[case name]` timed calls per side; rounds visit every series still short of its count."""
     for s in series:  # warm-up, untimed: two of each (Kokoro's second call is still slower than the rest)
-        engine, voice = engines[s.case.name]
         for _ in range(2):
-            speak_stream(engine, voice, sentences, s.fmt)
+            speakers[s.case.name].stream(TEXT, s.fmt)
             http_speak(client, s.case, s.fmt)
     for i in range(max(runs.values())):
         for s in series:
             if i >= runs[s.case.name]:
                 continue
-            engine, voice = engines[s.case.name]
             sides = ["direct", "http"] if i % 2 == 0 else ["http", "direct"]
             for side in sides:
                 time.sleep(SETTLE_S)
                 if side == "direct":
-                    s.direct.append(speak_stream(engine, voice, sentences, s.fmt))
+                    s.direct.append(speakers[s.case.name].stream(TEXT, s.fmt))
                 else:
                     s.http.append(http_speak(client, s.case, s.fmt))
-
-
-def ms(seconds: float) -> str:
-    value = seconds * 1000
-    return f"{value:.0f} ms" if abs(value) >= 100 else f"{value:.1f} ms"
-
-
-def pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f} %"
-
-
-def signed(seconds: float, of: float) -> str:
-    return f"{seconds * 1000:+.1f} ms ({100 * seconds / of:+.1f} %)"
-
-
-def yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 @dataclass
@@ -180,7 +168,7 @@ class Figures:
 
 def figures(s: Series) -> Figures:
     def row(call: HttpSpoken, name: str) -> float:
-        return float(s.audit[call.request_id][name]) / 1000
+        return float(s.audit[call.request_id][name])
 
     return Figures(
         s=s,
@@ -195,9 +183,9 @@ def figures(s: Series) -> Figures:
         direct_first_share=median([100 * d.first_s / d.total_s for d in s.direct]),
         direct_audio=median([d.audio_s for d in s.direct]),
         http_audio=median([s.http_audio_s(h) for h in s.http]),
-        server=median([row(h, "duration_ms") for h in s.http]),
-        tts=median([row(h, "tts_ms") for h in s.http]),
-        tts_first=median([row(h, "tts_first_audio_ms") for h in s.http]),
+        server=median([row(h, "duration") for h in s.http]),
+        tts=median([row(h, "tts") for h in s.http]),
+        tts_first=median([row(h, "tts_first_audio") for h in s.http]),
     )
 
 
@@ -236,45 +224,27 @@ def print_figures(f: Figures) -> None:
         )
         + f"; encoder close {ms(f.direct_total - done[-1])}"
     )
-    direct_runs = " ".join(f"{d.total_s * 1000:.0f}" for d in s.direct)
-    http_runs = " ".join(f"{h.total_s * 1000:.0f}" for h in s.http)
+    direct_runs, http_runs = runs_ms(d.total_s for d in s.direct), runs_ms(h.total_s for h in s.http)
     print(f"  runs, whole (ms): direct {direct_runs}; http {http_runs}")
     audio = sorted({round(d.audio_s, 3) for d in s.direct} | {round(s.http_audio_s(h), 3) for h in s.http})
     print(f"  audio lengths seen (s): {' '.join(f'{a:.3f}' for a in audio)}")
 
 
-def probe(http: httpx.Client, runs: int, method: str, path: str, **kwargs: object) -> float:
-    """Median seconds of `runs` identical requests (after two untimed ones)."""
-    times = []
-    for i in range(runs + 2):
-        started = time.perf_counter()
-        http.request(method, path, **kwargs)  # type: ignore[arg-type]
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return median(times)
-
-
-def fixed_costs(gateway: Gateway, runs: int = 20) -> list[tuple[str, float]]:
+def fixed_costs(gateway: Gateway) -> list[tuple[str, float]]:
     """Requests that do the gateway's per-request work around synthesis, but no synthesis."""
-    headers = {"Authorization": f"Bearer {gateway.key}"}
-    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as http:
-        return [
-            ("GET /health (daphne + Django, no auth, no audit row)", probe(http, runs, "GET", "/health")),
-            (
-                "GET /v1/models (+ auth, DRF, catalog reads, audit row)",
-                probe(http, runs, "GET", "/v1/models"),
-            ),
+    unknown_voice = {"json": {"model": "tts-1", "voice": "no-such-voice", "input": TEXT}}
+    return gateway.request_costs(
+        [
+            HEALTH,
+            MODELS,
             (
                 "POST /v1/audio/speech, unknown voice: 400 (+ JSON parse, model and voice lookups)",
-                probe(
-                    http,
-                    runs,
-                    "POST",
-                    "/v1/audio/speech",
-                    json={"model": "tts-1", "voice": "no-such-voice", "input": TEXT},
-                ),
+                "POST",
+                "/v1/audio/speech",
+                unknown_voice,
             ),
         ]
+    )
 
 
 def summary_rows(results: list[Figures]) -> list[list[str]]:
@@ -324,43 +294,37 @@ def main() -> None:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bench_started = time.perf_counter()
 
-    facts = machine_facts()
-    load_before = os.getloadavg()[0]
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
-    print(f"load:    1-minute load average {load_before:.2f} before the run")
-    kokoro_dir = kokoro_full_dir()
+    facts, load_before = print_machine()
+    # Kokoro-82M's sizes with random weights (the real architecture's compute), written once (~330 MB).
+    kokoro_full = kokoro_dir("kokoro-full", full=True)
 
-    with Gateway() as gateway:
-        loaded = load_registry(
-            gateway,
+    with Gateway() as gateway, gateway.engines() as engines:
+        loaded = gateway.load_registry(
             {
                 "models": [
                     {
                         "id": "kokoro-full",
                         "task": "tts",
                         "engine": "kokoro",
-                        "source": str(kokoro_dir),
+                        "source": str(kokoro_full),
                         "voices": [{"name": "af_heart"}],
                     }
                 ]
             },
         )
-        use_gateway_settings(gateway)
-        from registry.speech.engines.kokoro import KokoroEngine
-        from registry.speech.engines.piper import PiperEngine
-        from registry.speech.tts import speakable
+        from registry.speech.tts import speakable  # after gateway.engines(): Django is set up
 
         # Kokoro's torch modules warn at construction (LSTM dropout, weight_norm): noise, not findings.
         warnings.filterwarnings("ignore", message="dropout option adds dropout", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*weight_norm", category=FutureWarning)
         sentences = speakable(TEXT)
-        engines: dict[str, tuple[TextToSpeech, VoiceSpec]] = {}
+        speakers: dict[str, Speaker] = {}
         for case in CASES:
-            spec, voice = tts_target(case.model, case.voice)
-            engine_class = {"kokoro": KokoroEngine, "piper": PiperEngine}[spec.engine]
-            engines[case.name] = (engine_class(spec), voice)
+            speaker = speakers[case.name] = engines.tts(case.model, case.voice)
+            spec = speaker.voicing.model.spec
             print(
-                f"engine:  {case.model} -> {spec.model_id} ({spec.engine}, {spec.source}), voice {voice.name}"
+                f"engine:  {case.model} -> {spec.model_id} ({spec.engine}, {spec.source}), "
+                f"voice {speaker.voicing.voice.name}"
             )
         setup_s = time.perf_counter() - bench_started
         print(f"gateway: {gateway.url}, {loaded}; ready with both direct engines in {setup_s:.1f} s")
@@ -368,7 +332,7 @@ def main() -> None:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=120)
 
         series = [Series(case, fmt) for case in CASES for fmt in formats]
-        run_rounds(series, engines, client, sentences, {"kokoro": args.runs, "piper": args.piper_runs})
+        run_rounds(series, speakers, client, {"kokoro": args.runs, "piper": args.piper_runs})
         for s in series:
             s.audit = gateway.audit_rows(
                 [h.request_id for h in s.http],

@@ -1,7 +1,7 @@
 """Voice-chat benchmark figures: the rounds bench_chat.py measures, their medians, and how they print.
 
 Everything here is arithmetic and printing over measured seconds and the gateway's RequestLog rows
-(`audit`: request id -> fields in ms); no I/O.
+(`audit`: request id -> fields, durations in seconds: Gateway.audit_rows); no I/O.
 """
 
 from __future__ import annotations
@@ -9,23 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import median
+from bench.report import median, ms, runs_ms, signed, yes
 
-STREAM_OVERHEAD_TARGET_MS = 50.0
+STREAM_OVERHEAD_TARGET_S = 0.050
 WHOLE_OVERHEAD_TARGET_PCT = 5.0
-
-
-def ms(seconds: float) -> str:
-    value = seconds * 1000
-    return f"{value:.0f} ms" if abs(value) >= 100 else f"{value:.1f} ms"
-
-
-def yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
-def signed(seconds: float, of: float) -> str:
-    return f"{seconds * 1000:+.1f} ms ({100 * seconds / of:+.1f} %)"
 
 
 @dataclass
@@ -65,7 +52,7 @@ class WholeRound:
 
 
 def audit_median(audit: dict[str, dict[str, Any]], ids: list[str], name: str) -> float:
-    values = [float(audit[i][name]) / 1000 for i in ids if audit.get(i, {}).get(name) is not None]
+    values = [float(audit[i][name]) for i in ids if audit.get(i, {}).get(name) is not None]
     return median(values) if values else float("nan")
 
 
@@ -99,9 +86,9 @@ def stream_figures(rounds: list[StreamRound], audit: dict[str, dict[str, Any]]) 
         b=median([r.b for r in rounds]),
         a_total=median([r.a_total for r in rounds]),
         paired=median([r.overhead for r in rounds]),
-        gw_llm_first=audit_median(audit, ids, "llm_first_token_ms"),
-        gw_tts_first=audit_median(audit, ids, "tts_first_audio_ms"),
-        gw_server=audit_median(audit, ids, "duration_ms"),
+        gw_llm_first=audit_median(audit, ids, "llm_first_token"),
+        gw_tts_first=audit_median(audit, ids, "tts_first_audio"),
+        gw_server=audit_median(audit, ids, "duration"),
     )
 
 
@@ -117,8 +104,8 @@ def print_stream(f: StreamFigures, rounds: list[StreamRound]) -> None:
         f"  gateway: first transcript delta {ms(f.first_transcript)}, first audio delta {ms(f.first_audio)}, "
         f"whole stream {ms(f.total)}"
     )
-    print(f"  overhead: first audio delta - ((a) + (b)), medians   {f.by_medians * 1000:+.1f} ms")
-    print(f"  overhead: median of same-round differences            {f.paired * 1000:+.1f} ms")
+    print(f"  overhead: first audio delta - ((a) + (b)), medians   {signed(f.by_medians)}")
+    print(f"  overhead: median of same-round differences            {signed(f.paired)}")
     print(
         f"  gateway's own clock (RequestLog, from voice_chat_stream()'s start): upstream first chunk "
         f"{ms(f.gw_llm_first)}, first audio delta queued {ms(f.gw_tts_first)} (vs (a) + (b) "
@@ -130,10 +117,7 @@ def print_stream(f: StreamFigures, rounds: list[StreamRound]) -> None:
     )
     print(
         "  rounds (ms), first audio / a / b / overhead: "
-        + "; ".join(
-            f"{r.first_audio * 1000:.0f}/{r.a * 1000:.0f}/{r.b * 1000:.0f}/{r.overhead * 1000:+.0f}"
-            for r in rounds
-        )
+        + "; ".join(f"{runs_ms((r.first_audio, r.a, r.b), sep='/')}/{r.overhead * 1000:+.0f}" for r in rounds)
     )
 
 
@@ -170,7 +154,7 @@ class WholeFigures:
 
 def whole_figures(rounds: list[WholeRound], audit: dict[str, dict[str, Any]]) -> WholeFigures:
     def engines(request_id: str, names: tuple[str, ...]) -> float:
-        return sum(float(audit[request_id].get(name) or 0.0) for name in names) / 1000
+        return sum(float(audit[request_id].get(name) or 0.0) for name in names)
 
     return WholeFigures(
         stt=median([r.stt for r in rounds]),
@@ -183,9 +167,9 @@ def whole_figures(rounds: list[WholeRound], audit: dict[str, dict[str, Any]]) ->
         hit_direct=median([r.llm + r.tts for r in rounds]),
         hit_paired=median([r.http_hit - (r.llm + r.tts) for r in rounds]),
         miss_outside=median(
-            [r.http_miss - engines(r.miss_id, ("stt_ms", "llm_ms", "tts_ms")) - r.decode for r in rounds]
+            [r.http_miss - engines(r.miss_id, ("stt", "llm", "tts")) - r.decode for r in rounds]
         ),
-        hit_outside=median([r.http_hit - engines(r.hit_id, ("llm_ms", "tts_ms")) for r in rounds]),
+        hit_outside=median([r.http_hit - engines(r.hit_id, ("llm", "tts")) for r in rounds]),
     )
 
 
@@ -194,12 +178,7 @@ def print_whole(f: WholeFigures, rounds: list[WholeRound], audit: dict[str, dict
     hit_ids = [r.hit_id for r in rounds]
 
     def clock(ids: list[str]) -> str:
-        names = [
-            ("stt", "stt_ms"),
-            ("llm", "llm_ms"),
-            ("tts", "tts_ms"),
-            ("in the audit middleware", "duration_ms"),
-        ]
+        names = [("stt", "stt"), ("llm", "llm"), ("tts", "tts"), ("in the audit middleware", "duration")]
         return ", ".join(f"{label} {ms(audit_median(audit, ids, field))}" for label, field in names)
 
     def cache_hits(ids: list[str]) -> int:
@@ -239,19 +218,19 @@ def print_whole(f: WholeFigures, rounds: list[WholeRound], audit: dict[str, dict
         + "; ".join(repr(r.transcript) for r in rounds[:3])
         + " ..."
     )
-    gateway_stt = {i: audit.get(i, {}).get("stt_ms") for i in miss_ids}
+    gateway_stt = {i: audit.get(i, {}).get("stt") for i in miss_ids}
     print(
         "  rounds (ms), direct / miss / hit; stt direct / gateway: "
         + "; ".join(
-            f"{r.direct * 1000:.0f}/{r.http_miss * 1000:.0f}/{r.http_hit * 1000:.0f}; "
-            f"{r.stt * 1000:.0f}/{float(gateway_stt[r.miss_id] or 'nan'):.0f}"
+            f"{runs_ms((r.direct, r.http_miss, r.http_hit), sep='/')}; "
+            f"{runs_ms((r.stt, float(gateway_stt[r.miss_id] or 'nan')), sep='/')}"
             for r in rounds
         )
     )
 
 
 def summary_rows(s: StreamFigures, w: WholeFigures) -> list[list[str]]:
-    stream_aim = f"< {STREAM_OVERHEAD_TARGET_MS:g} ms"
+    stream_aim = f"< {STREAM_OVERHEAD_TARGET_S * 1000:g} ms"
     whole_aim = f"< {WHOLE_OVERHEAD_TARGET_PCT:g} %"
     return [
         ["streaming: first audio delta through the gateway", ms(s.first_audio), "", ""],
@@ -263,15 +242,15 @@ def summary_rows(s: StreamFigures, w: WholeFigures) -> list[list[str]]:
         ],
         [
             "streaming: gateway overhead, median of same-round first audio - (a + b)",
-            f"{s.paired * 1000:+.1f} ms",
+            signed(s.paired),
             stream_aim,
-            yes(s.paired * 1000 < STREAM_OVERHEAD_TARGET_MS),
+            yes(s.paired < STREAM_OVERHEAD_TARGET_S),
         ],
         [
             "streaming: gateway overhead, from the medians",
-            f"{s.by_medians * 1000:+.1f} ms",
+            signed(s.by_medians),
             stream_aim,
-            yes(s.by_medians * 1000 < STREAM_OVERHEAD_TARGET_MS),
+            yes(s.by_medians < STREAM_OVERHEAD_TARGET_S),
         ],
         [
             "non-streaming, new clip: gateway / direct stt + llm + tts",

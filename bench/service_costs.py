@@ -1,11 +1,13 @@
 """The gateway's own per-request steps around the engines, timed one by one in the bench process.
 
-The functions are the gateway's (the registry snapshot, registry.speech.tts, chat.upstream, chat.audio_store,
-the audit row's INSERT, the thread hops), run here on the gateway's SQLite database after
-`bench.registry_setup.use_gateway_settings`; then whole requests through Django's AsyncClient (the
-gateway's middleware, DRF and views in this process: no socket, no daphne). Each figure is the median
-of `runs` awaited calls after two untimed ones. The gateway must be idle meanwhile: the writes go to
-its database.
+The functions are the gateway's (the registry snapshot, registry.access, registry.speech.tts,
+chat.upstream, chat.audio_store, the audit row's INSERT, the thread hops), run here on the gateway's
+SQLite database after `Gateway.use_settings()`; a step that a request runs once per request runs here
+in an audit scope of its own per call (method BENCH; its row is queued on the background database
+thread as the scope ends), as it would in a request. Then whole requests through Django's
+AsyncClient (the gateway's middleware, DRF and views in this process: no socket, no daphne). Each
+figure is the median of `runs` awaited calls after two untimed ones (bench.report.atimed_median). The
+gateway must be idle meanwhile: the writes go to its database.
 """
 
 from __future__ import annotations
@@ -20,19 +22,7 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion
 
-from bench.common import median
-
-
-async def _timed(call: Callable[[], Awaitable[object]], runs: int, pause: float = 0.0) -> float:
-    times = []
-    for i in range(runs + 2):
-        await asyncio.sleep(pause)
-        started = time.perf_counter()
-        await call()
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return median(times)
-
+from bench.report import WARMUP, atimed_median, durations_in_seconds, median, timed_median
 
 VOICE_CHAT_TOTAL = "Django in-process: resent-clip voice chat (cache hit, wav out)"
 VOICE_CHAT_OUTSIDE = "Django in-process: resent-clip voice chat, total - its own llm + tts"
@@ -41,11 +31,24 @@ VOICE_CHAT_OUTSIDE = "Django in-process: resent-clip voice chat, total - its own
 UPSTREAM_PAUSE_S = 0.15
 
 
-def _noop() -> None:
+def nothing() -> None:
     return None
 
 
-async def _costs(
+async def in_scope(step: Callable[[], Awaitable[object]]) -> None:
+    """`step` as a request runs it: in an audit scope of its own (its first registry read checks the
+    registry's version; the row is queued as the scope ends)."""
+    from registry import audit
+
+    with audit.scope(method="BENCH", endpoint="bench/service_costs"):
+        await step()
+
+
+async def nothing_awaited() -> None:
+    return None
+
+
+async def costs(
     *,
     api_key_secret: str,
     tts_model: str | None,
@@ -59,12 +62,9 @@ async def _costs(
     from django.db import connections
     from django.test import AsyncClient
 
-    from registry import audit, db_threads, keys, snapshot
+    from registry import access, db_threads, snapshot
     from registry.models import RequestLog
     from registry.speech import tts, workers
-
-    def key_lookup() -> object:
-        return snapshot.current_sync().api_key(keys.hash_secret(api_key_secret))
 
     def audit_insert() -> Awaitable[object]:
         return db_threads.foreground.run(
@@ -75,33 +75,27 @@ async def _costs(
             status_code=200,
         )
 
-    async def voicing_in_a_request() -> None:
-        # As in a request: the first lookup checks the registry version, the second reuses it.
-        token = audit._current.set(
-            audit.AuditRecord(request_id="req_bench_probe", method="POST", endpoint="/")
-        )
-        try:
-            await tts.voicing(api_key=None, model=tts_model, voice=voice)
-        finally:
-            audit._current.reset(token)
+    def timed(step: Callable[[], Awaitable[object]], pause: float = 0.0) -> Awaitable[float]:
+        return atimed_median(step, runs=runs, pause=pause)
 
     rows = [
-        ("thread hop: sync_to_async (thread-sensitive), no work", await _timed(sync_to_async(_noop), runs)),
+        ("thread hop: sync_to_async (thread-sensitive), no work", await timed(sync_to_async(nothing))),
+        ("thread hop: workers.run (the inference pool), no work", await timed(lambda: workers.run(nothing))),
         (
-            "thread hop: workers.run (the inference pool), no work",
-            await _timed(lambda: workers.run(_noop), runs),
+            "audit.scope() with nothing in it: the record, its row queued",
+            await timed(lambda: in_scope(nothing_awaited)),
         ),
         (
-            "registry version check (snapshot.current(), kept connection)",
-            await _timed(lambda: db_threads.foreground.run(snapshot._fresh), runs),
+            "registry version check: snapshot.current() in a new audit scope (kept connection)",
+            await timed(lambda: in_scope(snapshot.current)),
         ),
         (
-            "auth: version check + API key from the snapshot, behind a thread hop",
-            await _timed(sync_to_async(key_lookup), runs),
+            "auth: access.aauthenticate() in a new audit scope (thread hop, version check, key)",
+            await timed(lambda: in_scope(lambda: access.aauthenticate(api_key_secret))),
         ),
         (
-            "tts.voicing(): version check + model and voice from the snapshot",
-            await _timed(voicing_in_a_request, runs),
+            "tts.voicing() in a new audit scope: version check + model and voice from the snapshot",
+            await timed(lambda: in_scope(lambda: tts.voicing(api_key=None, model=tts_model, voice=voice))),
         ),
     ]
     if chat_model is not None:
@@ -112,18 +106,13 @@ async def _costs(
 
         rows += [
             (
-                "upstream.route(): the chat model's upstream",
-                await _timed(lambda: upstream.route(chat_model), runs),
+                "upstream.route() in a new audit scope: version check + the chat model's upstream",
+                await timed(lambda: in_scope(lambda: upstream.route(chat_model))),
             ),
-            (
-                "transcript cache lookup (cache.aget, LocMem)",
-                await _timed(lambda: cache.aget("bench:none"), runs),
-            ),
-            ("audio_store.save(): INSERT + expired DELETE", await _timed(save, runs)),
+            ("transcript cache lookup (cache.aget, LocMem)", await timed(lambda: cache.aget("bench:none"))),
+            ("audio_store.save(): INSERT + expired DELETE", await timed(save)),
         ]
-    rows.append(
-        ("audit row INSERT on a kept connection (after the response)", await _timed(audit_insert, runs))
-    )
+    rows.append(("audit row INSERT on a kept connection (after the response)", await timed(audit_insert)))
 
     # The whole Django side (middleware, DRF, view, audit row) in this process: no socket, no daphne.
     django_client = AsyncClient()
@@ -140,11 +129,11 @@ async def _costs(
     rows += [
         (
             "Django in-process (AsyncClient): GET /health",
-            await _timed(lambda: checked(django_client.get("/health", headers=auth)), runs),
+            await timed(lambda: checked(django_client.get("/health", headers=auth))),
         ),
         (
             "Django in-process (AsyncClient): GET /v1/models",
-            await _timed(lambda: checked(django_client.get("/v1/models", headers=auth)), runs),
+            await timed(lambda: checked(django_client.get("/v1/models", headers=auth))),
         ),
     ]
     if chat_model is not None:
@@ -152,19 +141,18 @@ async def _costs(
         rows.append(
             (
                 "Django in-process (AsyncClient): POST /v1/chat/completions, text (+ upstream)",
-                await _timed(
+                await timed(
                     lambda: checked(
                         django_client.post(
                             "/v1/chat/completions", body, content_type="application/json", headers=auth
                         )
                     ),
-                    runs,
                     pause=UPSTREAM_PAUSE_S,
                 ),
             )
         )
     if chat_model is not None and voice_chat_wav is not None:
-        total, outside = await _voice_chat_in_process(
+        total, outside = await voice_chat_in_process(
             api_key_secret=api_key_secret, model=chat_model, voice=voice, wav=voice_chat_wav, runs=runs
         )
         rows += [(VOICE_CHAT_TOTAL, total), (VOICE_CHAT_OUTSIDE, outside)]
@@ -183,11 +171,11 @@ def service_costs(
     runs: int = 20,
 ) -> list[tuple[str, float]]:
     """(what, median seconds) for each step; chat steps only when `chat_model` is given, and with
-    `voice_chat_wav` the rows VOICE_CHAT_TOTAL and VOICE_CHAT_OUTSIDE (see _voice_chat_in_process).
+    `voice_chat_wav` the rows VOICE_CHAT_TOTAL and VOICE_CHAT_OUTSIDE (see voice_chat_in_process).
 
     One event loop for all: chat.upstream keeps one httpx.AsyncClient per process, bound to its loop."""
     return asyncio.run(
-        _costs(
+        costs(
             api_key_secret=api_key_secret,
             tts_model=tts_model,
             voice=voice,
@@ -218,14 +206,14 @@ def spoken_question(*, model: str, voice: str, wav: bytes) -> dict[str, Any]:
     }
 
 
-async def _voice_chat_in_process(
+async def voice_chat_in_process(
     *, api_key_secret: str, model: str, voice: str, wav: bytes, runs: int
 ) -> tuple[float, float]:
     """The non-streaming voice chat (input_audio wav in, wav out) through Django in this process, no socket
     and no daphne, the same clip each time (a transcript cache hit after the first, untimed, call).
 
     Returns the median seconds per request and the median of each request's total minus its own
-    llm_ms + tts_ms (RequestLog): the Django-side time outside the engines."""
+    llm_ms + tts_ms (RequestLog): the Django-side time outside the engines; both in seconds."""
     from asgiref.sync import sync_to_async
     from django.db import connections
     from django.test import AsyncClient
@@ -235,9 +223,8 @@ async def _voice_chat_in_process(
     client = AsyncClient()
     body = spoken_question(model=model, voice=voice, wav=wav)
     totals: dict[str, float] = {}
-    for i in range(
-        runs + 2
-    ):  # the first call transcribes (and loads the models here); the rest hit the cache
+    # The first, untimed, call transcribes (and loads the models in this process); the rest hit the cache.
+    for i in range(WARMUP + runs):
         await asyncio.sleep(UPSTREAM_PAUSE_S)
         started = time.perf_counter()
         response = await client.post(
@@ -251,26 +238,17 @@ async def _voice_chat_in_process(
             raise RuntimeError(
                 f"in-process voice chat answered {response.status_code}: {response.content[:300]!r}"
             )
-        if i >= 2:
+        if i >= WARMUP:
             totals[response.headers["x-request-id"]] = elapsed
 
     def engine_seconds() -> dict[str, float]:
         rows = RequestLog.objects.filter(request_id__in=list(totals)).values("request_id", "llm_ms", "tts_ms")
-        return {r["request_id"]: ((r["llm_ms"] or 0.0) + (r["tts_ms"] or 0.0)) / 1000 for r in rows}
+        seconds = [durations_in_seconds(r) for r in rows]
+        return {r["request_id"]: (r["llm"] or 0.0) + (r["tts"] or 0.0) for r in seconds}
 
     engines = await sync_to_async(engine_seconds)()
     await sync_to_async(connections.close_all)()
     return median(list(totals.values())), median([totals[i] - engines[i] for i in totals])
-
-
-def _timed_sync(fn: Callable[[], object], runs: int = 20) -> float:
-    times = []
-    for i in range(runs + 2):
-        started = time.perf_counter()
-        fn()
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return median(times)
 
 
 def payload_costs(
@@ -309,7 +287,7 @@ def payload_costs(
     return [
         (
             f"request: JSON parse, base64 decode, sha256 ({kib_in} KiB body)",
-            _timed_sync(
+            timed_median(
                 lambda: hashlib.sha256(
                     base64.b64decode(json.loads(request)["messages"][0]["content"][0]["input_audio"]["data"])
                 ).hexdigest()
@@ -317,11 +295,11 @@ def payload_costs(
         ),
         (
             f"reply: base64 of the {len(reply_wav) // 1024} KiB wav",
-            _timed_sync(lambda: base64.b64encode(reply_wav)),
+            timed_median(lambda: base64.b64encode(reply_wav)),
         ),
-        (f"reply: JSON encode of the {kib_out} KiB body", _timed_sync(lambda: json.dumps(body))),
+        (f"reply: JSON encode of the {kib_out} KiB body", timed_median(lambda: json.dumps(body))),
         (
             f"client: JSON parse + SDK model of the {kib_out} KiB body",
-            _timed_sync(lambda: ChatCompletion.model_validate(json.loads(response))),
+            timed_median(lambda: ChatCompletion.model_validate(json.loads(response))),
         ),
     ]

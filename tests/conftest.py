@@ -17,8 +17,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
+from bench.harness import daphne, speech
 from registry.models import ApiKey
-from tests import daphne, speech
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ def _db_unblocked(django_db_setup: None, django_db_blocker: Any) -> Iterator[Non
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[Any]:
-    from tests.upstream import FakeUpstream
+    from bench.harness.upstream import FakeUpstream
 
     with FakeUpstream() as server:
         yield server

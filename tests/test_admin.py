@@ -11,8 +11,8 @@ import httpx
 import pytest
 from django.contrib.auth.models import User
 
+from bench.harness import speech
 from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
-from tests import speech
 from tests.audit_log import audit_row
 
 LOOPBACK_KEY = "sk-upstream-SECRET-never-shown"  # conftest's registry gives "loopback" this key

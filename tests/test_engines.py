@@ -15,10 +15,10 @@ import av
 import numpy as np
 import pytest
 
+from bench.harness.speech import ROOT, hub_cache, piper_voice_path, speech, tiny_kokoro_dir, whisper_model_dir
 from registry.speech import audio
 from registry.speech.engines import ENGINE_TASKS, ENGINES, engine_class
 from registry.speech.engines.base import EngineError, EngineSpec, UnknownVoice, VoiceSpec
-from tests.speech import ROOT, hub_cache, piper_voice_path, speech, tiny_kokoro_dir, whisper_model_dir
 from tests.wer import wer
 
 SENTENCES = [

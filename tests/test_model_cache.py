@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.harness.speech import piper_voice_path, whisper_model_dir
 from registry.errors import ModelUnavailable
 from registry.resolved import ResolvedModel
 from registry.speech.cache import ModelCache
 from registry.speech.engines.base import EngineSpec
-from tests.speech import piper_voice_path, whisper_model_dir
 
 
 def model(model_id: str, engine: str, source: str, ttl: int = 900) -> ResolvedModel:

@@ -14,9 +14,9 @@ import numpy as np
 import openai
 import pytest
 
+from bench.harness.speech import speech
 from registry.models import RequestLog
 from tests.audit_log import audit_row as row_of
-from tests.speech import speech
 from tests.wer import wer
 
 SENTENCE = "Please open the settings page and turn on the dark mode."

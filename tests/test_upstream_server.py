@@ -1,4 +1,4 @@
-"""tests/upstream.py: the loopback LLM the gateway tests proxy to, checked with the official openai SDK."""
+"""bench/harness/upstream.py: the loopback LLM the gateway tests proxy to, checked with the openai SDK."""
 
 import json
 import subprocess
@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from tests.upstream import DEFAULT_REPLY, TOOL_CALL_TEXT, FakeUpstream, tokens
+from bench.harness import upstream as upstream_module
+from bench.harness.upstream import DEFAULT_REPLY, TOOL_CALL_TEXT, FakeUpstream, tokens
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to me"}]
 
@@ -334,7 +335,7 @@ def test_tokens_rejoin_to_the_text():
 
 
 def test_command_line_serves_the_given_reply():
-    script = Path(__file__).with_name("upstream.py")
+    script = Path(upstream_module.__file__)
     process = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--reply", "From the CLI.", "--token-delay", "0"],
         stdout=subprocess.PIPE,

