@@ -151,4 +151,5 @@ class Engines:
     def tts(self, model: str | None, voice: str) -> Speaker:
         """The TTS model and voice the gateway resolves for these names (None: the default model), loaded."""
         voicing = resolve(lambda: tts.voicing(api_key=None, model=model, voice=voice))
-        return Speaker(voicing, self.held.enter_context(model_cache.tts(voicing.model)))
+        # The voice as the service hands it to the engine (a `pypi:` source made a local path).
+        return Speaker(tts.loadable(voicing), self.held.enter_context(model_cache.tts(voicing.model)))

@@ -128,8 +128,10 @@ class MessageSerializer(serializers.Serializer):
                         {"content": [{}] * j + ["input_audio is only allowed in user messages."]}
                     )
         audio = attrs.get("audio")
-        if attrs["role"] == "assistant" and isinstance(audio, dict) and not (
-            isinstance(audio.get("id"), str) and audio["id"]
+        if (
+            attrs["role"] == "assistant"
+            and isinstance(audio, dict)
+            and not (isinstance(audio.get("id"), str) and audio["id"])
         ):
             raise serializers.ValidationError({"audio": {"id": "Must be a string."}})
         return attrs
@@ -162,8 +164,7 @@ class ChatCompletionParams(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         wants_audio = "audio" in (attrs.get("modalities") or ["text"])
         audio = attrs.get("audio")
-        if not wants_audio and audio is not None:
-            raise serializers.ValidationError({"audio": "'audio' needs 'audio' in 'modalities'."})
+        # `audio` without "audio" in modalities is accepted and ignored, as OpenAI does: text out.
         if wants_audio and audio is None:
             raise serializers.ValidationError(
                 {"audio": "'modalities' with 'audio' needs the 'audio' parameter: {voice, format}."}

@@ -17,10 +17,29 @@ from typing import Any
 
 from chat import audio_store, upstream
 from registry import audit
+from registry.errors import OpenAIError, UpstreamError
 from registry.speech import tts
 
 SPEECH_PARALLELISM = 2  # sentences synthesised at once per choice: the next is ready when one ends
-Payload = dict[str, Any] | str
+Payload = dict[str, Any] | str | upstream.Comment
+
+
+def check_speakable(message: dict[str, Any], target: upstream.Target) -> None:
+    """A voice reply must have something to say, or say why not.
+
+    A reasoning model that spent its tokens thinking answers with `reasoning_content` and an empty
+    `content`: rather than a silent 200 without audio, that is a 502 naming the cause. (A tool
+    call without text is a normal reply: no audio, no error.)
+    """
+    content = message.get("content")
+    if message.get("tool_calls") or (isinstance(content, str) and tts.speakable(content)):
+        return
+    if message.get("reasoning_content"):
+        raise UpstreamError(
+            f"The upstream '{target.name}' answered only with reasoning_content and no content to speak; "
+            "give it more max_tokens, or turn its reasoning off.",
+            code="no_content_to_speak",
+        )
 
 
 class _ChoiceVoice:
@@ -83,12 +102,16 @@ class SpokenStream:
     def __init__(
         self,
         *,
+        model: str,
+        target: upstream.Target,
         voicing: tts.Voicing,
         include_usage: bool,
         events: upstream.Events,
         stack: AsyncExitStack,
         started: float,
     ) -> None:
+        self.model = model
+        self.target = target
         self.voicing = voicing
         self.include_usage = include_usage
         self.upstream_events = events
@@ -96,15 +119,19 @@ class SpokenStream:
         self.started = started
         self.out: asyncio.Queue[Payload | BaseException | None] = asyncio.Queue()
         self.voices: dict[int, _ChoiceVoice] = {}
-        self.template: dict[str, Any] = {"object": "chat.completion.chunk"}
+        self.template: dict[str, Any] = {"object": "chat.completion.chunk", "model": model}
+        self.reasoned: set[int] = set()  # choices that sent reasoning_content
+        self.called: set[int] = set()  # choices that sent tool calls
 
-    def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def chunk(
+        self, index: int, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
         return {
             **self.template,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, **extra}],
         }
 
-    async def put(self, chunk: dict[str, Any]) -> None:
+    async def put(self, chunk: dict[str, Any] | upstream.Comment) -> None:
         await self.out.put(chunk)
 
     def voice(self, index: int) -> _ChoiceVoice:
@@ -114,46 +141,36 @@ class SpokenStream:
 
     async def read(self) -> None:
         finishes: dict[int, dict[str, Any]] = {}
-        usage_chunk: dict[str, Any] | None = None
+        usages: list[dict[str, Any]] = []
         usage = audit.usage()
         try:
-            async for chunk in self.upstream_events.chunks():
-                if usage.llm_first_token_ms is None:
-                    usage.llm_first_token_ms = (time.perf_counter() - self.started) * 1000
-                self.template = {
-                    k: chunk[k]
-                    for k in ("id", "object", "created", "model", "system_fingerprint")
-                    if k in chunk
-                }
-                choices = chunk.get("choices") or []
-                if not choices:
-                    if chunk.get("usage") is not None:
-                        usage_chunk = chunk
-                    continue
-                for choice in choices:
-                    index = int(choice.get("index", 0))
-                    delta = dict(choice.get("delta") or {})
-                    content = delta.pop("content", None)
-                    voice = self.voice(index)
-                    if delta:  # role, tool_calls, refusal: passed through as sent
-                        await self.put(self.chunk(index, delta))
-                    if content:
-                        voice.text(content)
-                        await self.put(
-                            self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}})
-                        )
-                    if choice.get("finish_reason"):
-                        finishes[index] = self.chunk(index, {}, choice["finish_reason"])
+            try:
+                async for chunk in self.upstream_events.chunks():
+                    if isinstance(chunk, upstream.Comment):
+                        await self.put(chunk)  # keep-alives while the upstream thinks
+                        continue
+                    if usage.llm_first_token_ms is None:
+                        usage.llm_first_token_ms = (time.perf_counter() - self.started) * 1000
+                    await self._read_chunk(chunk, finishes, usages)
+            except OpenAIError:
+                # The upstream broke off: speak what the client has already read, then the error.
+                for voice in self.voices.values():
+                    await voice.finish()
+                raise
             usage.llm_ms = (time.perf_counter() - self.started) * 1000
+            for index in sorted(self.voices.keys() | finishes.keys()):
+                if not self.voice(index).transcript and index in self.reasoned and index not in self.called:
+                    check_speakable({"reasoning_content": True}, self.target)
             # No audio after the chunk that carries finish_reason: each choice's audio ends first.
             for index, voice in sorted(self.voices.items()):
                 await voice.finish()
                 if index in finishes:
                     await self.put(finishes[index])
-            if usage_chunk is not None:
-                usage.tokens = usage_chunk.get("usage")
+            merged = upstream.merged_usage(usages)
+            if merged is not None:
+                usage.tokens = merged
                 if self.include_usage:
-                    await self.put(usage_chunk)
+                    await self.put({**self.template, "choices": [], "usage": merged})
             await self.out.put("[DONE]")
         except BaseException as exc:
             await self.out.put(exc)
@@ -161,6 +178,35 @@ class SpokenStream:
                 raise
         finally:
             await self.out.put(None)
+
+    async def _read_chunk(
+        self, chunk: dict[str, Any], finishes: dict[int, dict[str, Any]], usages: list[dict[str, Any]]
+    ) -> None:
+        self.template = {
+            **{k: chunk[k] for k in ("id", "object", "created", "system_fingerprint") if k in chunk},
+            "model": self.model,
+        }
+        if isinstance(chunk.get("usage"), dict):
+            usages.append(chunk["usage"])  # llama.cpp sends one per choice
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            delta = dict(choice.get("delta") or {})
+            content = delta.pop("content", None)
+            voice = self.voice(index)
+            if delta.get("reasoning_content"):
+                self.reasoned.add(index)
+            if delta.get("tool_calls"):
+                self.called.add(index)
+            if delta:  # role, tool_calls, refusal, reasoning: passed through as sent
+                await self.put(self.chunk(index, delta))
+            if content:
+                voice.text(content)
+                extra = {"logprobs": choice["logprobs"]} if choice.get("logprobs") is not None else {}
+                await self.put(
+                    self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}}, **extra)
+                )
+            if choice.get("finish_reason"):
+                finishes[index] = self.chunk(index, {}, choice["finish_reason"])
 
     async def events(self) -> AsyncIterator[Payload]:
         """The reply's events; an error (the upstream's or speech's) is raised after what came before it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,16 @@ def _headers(target: Target) -> dict[str, str]:
     return headers
 
 
+def _scrubbed(value: Any, target: Target) -> Any:
+    if isinstance(value, str):
+        return scrub(value, target)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, target) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, target) for v in value]
+    return value
+
+
 def _error_from(response: httpx.Response, response_body: bytes, target: Target) -> OpenAIError:
     status = response.status_code
     try:
@@ -103,11 +113,11 @@ def _error_from(response: httpx.Response, response_body: bytes, target: Target) 
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict):
-        message = scrub(str(error.get("message") or "").strip(), target) or f"HTTP {status}"
-        param, code, kind = error.get("param"), error.get("code"), error.get("type")
+        error = _scrubbed(error, target)
+        message = str(error.get("message") or "").strip() or f"HTTP {status}"
     else:
+        error = {}
         message = scrub(response_body[:300].decode(errors="replace").strip(), target) or f"HTTP {status}"
-        param, code, kind = None, None, None
     if status in (401, 403):
         # The gateway's credentials for the upstream were refused, not the client's key: passing
         # a 401 through would make the SDK blame the caller's (working) key.
@@ -115,16 +125,20 @@ def _error_from(response: httpx.Response, response_body: bytes, target: Target) 
             f"The upstream '{target.name}' refused the gateway's credentials (HTTP {status}): {message}"
         )
     if 400 <= status < 500:
+        # The client's own mistake, as the upstream put it: its status and its error object, whole
+        # (an integer code stays an integer; llama.cpp's n_prompt_tokens and n_ctx stay).
         headers = {}
         if status == 429 and response.headers.get("retry-after"):
             headers["Retry-After"] = response.headers["retry-after"]
+        code, param, kind = error.get("code"), error.get("param"), error.get("type")
         return OpenAIError(
             message[:2000],
             status=status,
-            type=str(kind or "invalid_request_error")[:50],
-            param=str(param)[:200] if param is not None else None,
-            code=str(code)[:50] if code is not None else None,
+            type=str(kind or "invalid_request_error"),
+            param=str(param) if param is not None else None,
+            code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
             headers=headers,
+            extra={k: v for k, v in error.items() if k not in ("message", "type", "param", "code")},
         )
     return UpstreamError(f"The upstream '{target.name}' failed with HTTP {status}: {message}")
 
@@ -157,18 +171,64 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class Comment:
+    """An SSE comment line (`: ping`), which llama.cpp sends while it processes a long prompt."""
+
+    text: str
+
+
 class Events:
-    """The `data:` payloads of an upstream SSE stream: dicts, or the raw line with `raw=True`."""
+    """An upstream SSE stream: `data:` payloads (text, or dicts from `chunks()`) and comments."""
 
     def __init__(self, response: httpx.Response, target: Target) -> None:
         self.response = response
         self.target = target
+        self._items = self._read()
+        self._first: list[str | Comment] = []
 
-    async def lines(self) -> AsyncIterator[str]:
-        """Each `data:` payload as text, up to `[DONE]`. Raises UpstreamError on a cut or error event."""
+    async def start(self) -> None:
+        """Wait for the upstream's first event, within its timeout.
+
+        Some servers (llama.cpp) send 200 headers at once and their first event only after the
+        prompt is processed: their timeouts and errors surface here, still as plain errors,
+        before the gateway commits to a 200 of its own.
+        """
+        with suppress(StopAsyncIteration):
+            self._first.append(await anext(self._items))
+
+    async def lines(self) -> AsyncIterator[str | Comment]:
+        """Each `data:` payload as text, and each comment, up to `[DONE]`.
+
+        Raises UpstreamError on a cut or an error event, UpstreamTimeout when it stalls.
+        """
+        while self._first:
+            yield self._first.pop(0)
+        async for item in self._items:
+            yield item
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any] | Comment]:
+        """`lines()` with each payload parsed."""
+        async for item in self.lines():
+            if isinstance(item, Comment):
+                yield item
+                continue
+            try:
+                chunk = json.loads(item)
+            except ValueError as exc:
+                raise UpstreamError(
+                    f"The upstream '{self.target.name}' sent a malformed stream event."
+                ) from exc
+            if isinstance(chunk, dict):
+                yield chunk
+
+    async def _read(self) -> AsyncIterator[str | Comment]:
         done = False
         try:
             async for line in self.response.aiter_lines():
+                if line.startswith(":"):
+                    yield Comment(line[1:].strip())
+                    continue
                 if not line.startswith("data:"):
                     continue
                 payload = line[5:].strip()
@@ -196,16 +256,19 @@ class Events:
         if not done:
             raise UpstreamError(f"The upstream '{self.target.name}' ended the stream before it was complete.")
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        async for payload in self.lines():
-            try:
-                chunk = json.loads(payload)
-            except ValueError as exc:
-                raise UpstreamError(
-                    f"The upstream '{self.target.name}' sent a malformed stream event."
-                ) from exc
-            if isinstance(chunk, dict):
-                yield chunk
+
+def merged_usage(usages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One usage for a reply whose choices were counted apart (llama.cpp sends one per choice):
+    the prompt counted once, the completions added up, as OpenAI reports `n` > 1."""
+    if not usages:
+        return None
+    if len(usages) == 1:
+        return usages[0]
+    merged = dict(usages[-1])
+    prompt = max(int(u.get("prompt_tokens") or 0) for u in usages)
+    completion = sum(int(u.get("completion_tokens") or 0) for u in usages)
+    merged.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return merged
 
 
 @asynccontextmanager
@@ -231,6 +294,8 @@ async def stream(target: Target, body: dict[str, Any]) -> AsyncIterator[Events]:
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, target) from exc
             raise _error_from(response, content, target)
-        yield Events(response, target)
+        events = Events(response, target)
+        await events.start()
+        yield events
     finally:
         await response.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse
@@ -9,11 +11,17 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 
-from chat import voice_chat
+from chat import upstream, voice_chat
 from chat.serializers import ChatCompletionParams
 from registry.api import sse
 from registry.api.serializers import request_data
 from registry.errors import InvalidRequest
+
+
+async def _wire(events: AsyncIterator[voice_chat.Payload]) -> AsyncIterator[sse.Payload]:
+    """The chat events as SSE payloads: an upstream's comment lines are relayed as comments."""
+    async for event in events:
+        yield sse.Comment(event.text) if isinstance(event, upstream.Comment) else event
 
 
 class ChatCompletionsView(APIView):
@@ -34,7 +42,7 @@ class ChatCompletionsView(APIView):
         await sync_to_async(params.is_valid, thread_sensitive=False)(raise_exception=True)
         plan = await voice_chat.prepare(api_key=request.auth, params=params.validated_data, body=body)
         if plan.stream:
-            return sse.event_stream(await voice_chat.voice_chat_stream(plan))
+            return sse.event_stream(_wire(await voice_chat.voice_chat_stream(plan)))
         completion = await voice_chat.voice_chat(plan)
         # Serialising megabytes of base64 audio is CPU work too.
         return await sync_to_async(JsonResponse, thread_sensitive=False)(completion)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AsyncExitStack
@@ -21,7 +22,7 @@ from django.core.cache import cache
 
 from chat import audio_store, upstream
 from chat.serializers import AUDIO_OUT_FORMATS, AudioBytes
-from chat.spoken_stream import SpokenStream
+from chat.spoken_stream import SpokenStream, check_speakable
 from registry import audit
 from registry.access import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest
@@ -33,11 +34,13 @@ T = TypeVar("T")
 
 CONSUMED = ("modalities", "audio", "transcription_model", "speech_model")
 TRANSCRIPT_CACHE_SECONDS = 24 * 3600
-Payload = dict[str, Any] | str  # a chunk, or an upstream event's JSON text passed through as it came
+# A chunk, an upstream event's text passed through as it came, or an upstream's SSE comment.
+Payload = dict[str, Any] | str | upstream.Comment
 
 
 @dataclass
 class ChatPlan:
+    model: str  # as the client named it: what every reply says, whatever the upstream calls it
     body: dict[str, Any]  # what goes upstream
     target: upstream.Target
     voicing: tts.Voicing | None  # None: text out only
@@ -112,6 +115,8 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
     it, which goes upstream with only our own parameters taken out and audio replaced by text.
     """
     check_model_allowed(api_key, [params["model"]])
+    # Routed first: an unknown model or a misconfigured upstream is an answer before any transcription.
+    target = await upstream.route(params["model"])
     voicing = None
     if params["wants_audio"]:
         voicing = await tts.voicing(
@@ -142,7 +147,6 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         )
         for part, text in zip(parts, await _transcribe(model, api_key, parts), strict=True):
             messages[part.message]["content"][part.part] = {"type": "text", "text": text}
-    target = await upstream.route(params["model"])
     audit.add_model(params["model"])
     forward = {k: v for k, v in body.items() if k not in CONSUMED}
     forward["messages"] = messages
@@ -153,6 +157,7 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         # Asked for the audit log's token counts; the usage chunk reaches the client only if it asked.
         forward["stream_options"] = {**options, "include_usage": True}
     return ChatPlan(
+        model=params["model"],
         body=forward,
         target=target,
         voicing=voicing,
@@ -169,6 +174,13 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     usage = audit.usage()
     usage.llm_ms = (time.perf_counter() - started) * 1000
     usage.tokens = data.get("usage")
+    _as_asked(data, plan.model)
+    for choice in data["choices"]:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and message.get("tool_calls") and message.get("content") == "":
+            message["content"] = None  # as OpenAI sends a tool call without text (llama.cpp sends "")
+        if plan.voicing is not None and isinstance(message, dict):
+            check_speakable(message, plan.target)
     if plan.voicing is not None:
         await _all(
             _speak_choice(plan.voicing, plan.audio_format, choice)
@@ -176,6 +188,13 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
             if isinstance(choice, dict)
         )
     return data
+
+
+def _as_asked(chunk: dict[str, Any], model: str) -> None:
+    """Name the model as the client did: an upstream's own name (llama.cpp's is its model file's
+    path) would leak its file system and confuse clients that compare names."""
+    if "model" in chunk:
+        chunk["model"] = model
 
 
 async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[str, Any]) -> None:
@@ -198,7 +217,8 @@ async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[st
 
 
 async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
-    """Streaming: opens the upstream stream now (its errors are plain errors) and returns the events."""
+    """Streaming: opens the upstream stream and waits for its first event now (its errors are still
+    plain errors), and returns the events."""
     stack = AsyncExitStack()
     started = time.perf_counter()
     try:
@@ -207,23 +227,43 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
         await stack.aclose()
         raise
     if plan.voicing is None:
-        return _passthrough(events, stack, started)
+        return _passthrough(events, stack, started, plan.model)
     return SpokenStream(
-        voicing=plan.voicing, include_usage=plan.include_usage, events=events, stack=stack, started=started
+        model=plan.model,
+        target=plan.target,
+        voicing=plan.voicing,
+        include_usage=plan.include_usage,
+        events=events,
+        stack=stack,
+        started=started,
     ).events()
 
 
 async def _passthrough(
-    events: upstream.Events, stack: AsyncExitStack, started: float
+    events: upstream.Events, stack: AsyncExitStack, started: float, model: str
 ) -> AsyncIterator[Payload]:
-    """Text out: the upstream's events, unchanged."""
+    """Text out: the upstream's events as it sent them, comments included, but for the model's name."""
     usage = audit.usage()
+    usages: list[dict[str, Any]] = []
     try:
-        async for payload in events.lines():
+        async for item in events.lines():
+            if isinstance(item, upstream.Comment):
+                yield item
+                continue
             if usage.llm_first_token_ms is None:
                 usage.llm_first_token_ms = (time.perf_counter() - started) * 1000
-            yield payload
+            try:
+                chunk = json.loads(item)
+            except ValueError:
+                yield item  # not ours to judge: passed on as it came
+                continue
+            if isinstance(chunk, dict):
+                _as_asked(chunk, model)
+                if isinstance(chunk.get("usage"), dict):
+                    usages.append(chunk["usage"])
+            yield chunk
         yield "[DONE]"
     finally:
         usage.llm_ms = (time.perf_counter() - started) * 1000
+        usage.tokens = upstream.merged_usage(usages)
         await stack.aclose()

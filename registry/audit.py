@@ -117,7 +117,7 @@ class AuditRecord:
             "model_names": ",".join(self.models)[:500],
             "status_code": status_code,
             "error_type": error.type if error else "",
-            "error_code": (error.code or "") if error else "",
+            "error_code": str(error.code or "")[:50] if error else "",
             "error_message": error.message[:2000] if error else "",
             "duration_ms": self.elapsed_ms(),
             "bytes_in": self.bytes_in,

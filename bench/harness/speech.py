@@ -69,11 +69,17 @@ def kokoro_dir(name: str, *, full: bool = False) -> Path:
 
 
 @functools.cache
-def speech(text: str, suffix: str = ".wav") -> bytes:
-    """`text` spoken by espeak-ng: 16 kHz mono 16-bit WAV (or MP3 with suffix=".mp3"), via speak.sh."""
+def speech(text: str, suffix: str = ".wav", voice: str = "en-us") -> bytes:
+    """`text` spoken by espeak-ng in `voice` (es, de, fr...): 16 kHz mono 16-bit WAV (or MP3 with
+    suffix=".mp3"), via speak.sh."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"speech{suffix}"
-        subprocess.run(["bash", str(RECIPES / "speak.sh"), text, str(out)], check=True, capture_output=True)
+        subprocess.run(
+            ["bash", str(RECIPES / "speak.sh"), text, str(out)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "VOICE": voice},
+        )
         return out.read_bytes()
 
 

@@ -90,8 +90,11 @@ class AuditMiddleware(_ApiMiddleware):
             record.usage.client_disconnected = True
             raise
         finally:
-            # Handed over, not awaited: the last byte is not held back by the INSERT.
-            record.finish(response.status_code)
+            # The real outcome: a stream that ended in an error event is logged with the error's
+            # status, though its headers said 200. Handed over, not awaited: the last byte is not
+            # held back by the INSERT.
+            failed = record.error is not None and response.status_code < 400
+            record.finish(record.error.status if failed and record.error else response.status_code)
 
 
 class ApiGuardMiddleware(_ApiMiddleware):

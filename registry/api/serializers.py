@@ -129,16 +129,16 @@ class TranscriptionParams(AudioParams):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         fmt = attrs["response_format"]
-        if attrs["timestamp_granularities"] and fmt != "verbose_json":
+        # Segment timestamps are the default, so OpenAI accepts `segment` with any format; word
+        # timestamps exist only in verbose_json.
+        if "word" in attrs["timestamp_granularities"] and fmt != "verbose_json":
             raise serializers.ValidationError(
-                {"timestamp_granularities": "Timestamp granularities need response_format 'verbose_json'."}
+                {"timestamp_granularities": "Word timestamps need response_format 'verbose_json'."}
             )
         if attrs["include"] and fmt != "json":
             raise serializers.ValidationError({"include": "include[]=logprobs needs response_format 'json'."})
-        if attrs["stream"] and fmt not in ("json", "text"):
-            raise serializers.ValidationError(
-                {"stream": "Streamed transcriptions are events; use response_format 'json' or 'text'."}
-            )
+        # With stream=true every format streams the same events (plain-text deltas, then the
+        # whole text in transcript.text.done): the format shapes only a body answered whole.
         return attrs
 
 

@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import StreamingHttpResponse
 
 from registry import audit
 
-Payload = dict[str, Any] | str  # an event object, or a JSON text passed through as it came
+
+@dataclass(frozen=True)
+class Comment:
+    """A comment line (`: ping`): no event for the client, but bytes that keep proxies from timing out."""
+
+    text: str
+
+
+Payload = dict[str, Any] | str | Comment  # an event object, a JSON text passed through as it came, a comment
 
 
 def encode(payload: Payload) -> bytes:
     """One `data:` event; a str is sent as it is (an upstream's own JSON, or "[DONE]")."""
+    if isinstance(payload, Comment):
+        return f": {payload.text}\n\n".encode()
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
 
 

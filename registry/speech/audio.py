@@ -68,6 +68,10 @@ _CONTAINERS: Final[dict[str, tuple[str, str, dict[str, str]]]] = {
     "flac": ("flac", "flac", {}),
 }
 
+# Bitrates for 24 kHz mono speech, set here alone: at these a listener hears no codec (mp3 at
+# FFmpeg's default for this rate, 32 kbps, is audibly swirly).
+BITRATES: Final[dict[str, int]] = {"mp3": 64_000, "aac": 64_000, "opus": 32_000}
+
 _WAV_STREAMING_SIZE: Final = 0xFFFFFFFF  # "unknown length": what streaming WAV writers use
 _UNDECODABLE: Final = "The audio file could not be decoded: it is corrupt or not a supported format."
 
@@ -262,6 +266,19 @@ class _Sink:
         return out
 
 
+def _open_output(
+    sink: _Sink | io.BytesIO, fmt: str, rate: int
+) -> tuple[av.container.OutputContainer, av.audio.stream.AudioStream]:
+    container_format, codec, options = _CONTAINERS[fmt]
+    container = av.open(sink, mode="w", format=container_format, container_options=options)
+    stream = container.add_stream(codec, rate=rate, layout="mono")
+    if not isinstance(stream, av.audio.stream.AudioStream):
+        raise AudioError(f"FFmpeg's {codec} is not an audio codec.")
+    if fmt in BITRATES:
+        stream.bit_rate = BITRATES[fmt]
+    return container, stream
+
+
 class StreamEncoder:
     """Encode mono float32 audio, chunk by chunk, into one of `FORMATS`, returning bytes as they are ready.
 
@@ -287,15 +304,8 @@ class StreamEncoder:
         self._container: av.container.OutputContainer | None = None
         self._stream: av.audio.stream.AudioStream | None = None
         if fmt in _CONTAINERS:
-            container_format, codec, options = _CONTAINERS[fmt]
             self._sink = _Sink()
-            self._container = av.open(
-                self._sink, mode="w", format=container_format, container_options=options
-            )
-            stream = self._container.add_stream(codec, rate=self.output_rate, layout="mono")
-            if not isinstance(stream, av.audio.stream.AudioStream):
-                raise AudioError(f"FFmpeg's {codec} is not an audio codec.")
-            self._stream = stream
+            self._container, self._stream = _open_output(self._sink, fmt, self.output_rate)
 
     def encode(self, samples: Samples) -> bytes:
         """Add `samples` (mono float32 at `input_rate`); returns the bytes that are ready, possibly b""."""
@@ -342,10 +352,23 @@ class StreamEncoder:
 
 
 def encode_whole(samples: Samples, fmt: str, *, input_rate: int, output_rate: int | None = None) -> bytes:
-    """Encode a complete clip; like one StreamEncoder, except that a wav header carries the real sizes."""
-    encoder = StreamEncoder(fmt, input_rate=input_rate, output_rate=output_rate)
-    body = encoder.encode(samples) + encoder.close()
-    if fmt != "wav":
-        return body
-    pcm = body[44:]  # encode() always starts a wav stream with its 44-byte header
-    return _wav_header(rate=encoder.output_rate, data_size=len(pcm)) + pcm
+    """Encode a complete clip into a file whose header carries its real length (a wav's sizes, a
+    flac's total samples), which readers such as libsndfile need. Raises AudioError."""
+    if fmt not in FORMATS:
+        raise AudioError(f"Unknown audio format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+    rate = OPENAI_PCM_RATE if fmt == "pcm" or output_rate is None else output_rate
+    resampled = resample(samples, input_rate, rate)
+    if fmt not in _CONTAINERS:
+        pcm = s16le(resampled)
+        return pcm if fmt == "pcm" else _wav_header(rate=rate, data_size=len(pcm)) + pcm
+    # A seekable output: the muxer goes back at the end to write the lengths into the header.
+    buffer = io.BytesIO()
+    try:
+        container, stream = _open_output(buffer, fmt, rate)
+        with container:
+            if len(resampled):
+                container.mux(stream.encode(_frame(resampled, rate, 0)))
+            container.mux(stream.encode(None))
+    except av.error.FFmpegError as exc:
+        raise AudioError(f"Could not encode the audio as {fmt}.") from exc
+    return buffer.getvalue()

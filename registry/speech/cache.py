@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -27,8 +27,10 @@ from django.conf import settings
 
 from registry.errors import ModelUnavailable
 from registry.resolved import ResolvedModel
+from registry.speech import sources
 from registry.speech.engines import engine_class
 from registry.speech.engines.base import EngineError, EngineSpec, SpeechToText, TextToSpeech
+from registry.speech.sources import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +178,13 @@ class ModelCache:
             started = time.perf_counter()
             try:
                 cls = engine_class(model.spec.engine)
-                engine = cls(model.spec)
+                # A `pypi:` source becomes a local path here, in the loading thread (it may copy files).
+                source = sources.local(model.spec.source, model.spec.download_root)
+                engine = cls(replace(model.spec, source=source))
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                reason = (
+                    str(exc) if isinstance(exc, EngineError | SourceError) else f"{type(exc).__name__}: {exc}"
+                )
                 entry.error = reason
                 entry.failed_at = datetime.now(tz=UTC)
                 logger.exception("loading %s failed", model.model_id)

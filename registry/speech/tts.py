@@ -4,8 +4,8 @@
     speak_stream()    a growing text (async iterator of deltas) -> ordered audio chunks: sentences
                       split as they complete, synthesised with bounded parallelism in the pool,
                       each engine chunk forwarded as it comes, timing and audit recorded once
-    speak()           /v1/audio/speech: a whole text through speak_stream(), checked before the
-                      first byte (a bad request is an ordinary 400, never a broken stream)
+    speak()           /v1/audio/speech: a whole text through speak_stream() (flac: whole), checked
+                      before the first byte (a bad request is an ordinary 400, never a broken stream)
     speak_whole()     a whole text as one file whose header carries its real length
     synthesize_on()   the pipeline on a loaded engine; synthesize() gets the engine first. The
                       bench times these very functions.
@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,12 +28,17 @@ from registry import audit, catalog
 from registry.errors import InvalidRequest
 from registry.models import ApiKey
 from registry.resolved import ResolvedModel
-from registry.speech import audio, workers
+from registry.speech import audio, sources, workers
 from registry.speech.cache import model_cache
 from registry.speech.engines.base import EngineError, Samples, TextToSpeech, UnknownVoice, VoiceSpec
 from registry.speech.text import SentenceSplitter, SpeakableFilter, split_sentences
 
+T = TypeVar("T")
+
 OUTPUT_RATE = audio.OPENAI_PCM_RATE
+# Formats answered whole, not streamed: a flac's header must carry its total length (libsndfile
+# reads a streamed one as 1e11 hours long), and OpenAI streams only pcm, wav, mp3, opus and aac.
+WHOLE_FORMATS = ("flac",)
 # Formats whose stream is raw s16le (wav behind a streaming header): made on the loop, no codec.
 _RAW_FORMATS = ("pcm", "wav")
 
@@ -95,8 +101,23 @@ def synthesize_on(engine: TextToSpeech, v: Voicing, sentences: Iterable[str]) ->
             raise InvalidRequest(str(exc), param="input", code="synthesis_failed") from exc
 
 
+def loadable(v: Voicing) -> Voicing:
+    """The voicing with a `pypi:` voice source turned into a local path (blocking: in the pool).
+
+    Raises InvalidRequest when the voice's package is gone.
+    """
+    if not sources.is_pypi(v.voice.source):
+        return v
+    try:
+        source = sources.local(v.voice.source, v.model.spec.download_root)
+    except sources.SourceError as exc:
+        raise InvalidRequest(f"The voice '{v.voice.name}' cannot be loaded: {exc}", param="voice") from exc
+    return replace(v, voice=replace(v.voice, source=source))
+
+
 def synthesize(v: Voicing, sentences: Iterable[str], *, rate: int = OUTPUT_RATE) -> Iterator[Samples]:
     """Get the engine (loading it if needed), speak, and resample to `rate`. Blocking: run it in the pool."""
+    v = loadable(v)
     with model_cache.tts(v.model) as engine:
         resampler = audio.Resampler(engine.sample_rate, rate)
         for chunk in synthesize_on(engine, v, sentences):
@@ -216,8 +237,8 @@ async def speak_stream(
         usage.add("audio_seconds_out", totals.samples_out / OUTPUT_RATE)
 
 
-async def _once(text: str) -> AsyncIterator[str]:
-    yield text
+async def _once(item: T) -> AsyncIterator[T]:
+    yield item
 
 
 @dataclass
@@ -231,6 +252,10 @@ async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
     if not speakable(text):
         raise InvalidRequest("The input has nothing to speak.", param="input", code="empty_input")
     audit.usage().characters_in = len(text)
+    if response_format in WHOLE_FORMATS:
+        whole = await speak_whole(v=v, text=text, response_format=response_format)
+        audit.mark_first("tts_first_audio_ms")
+        return SpeechStream(content_type=audio.FORMATS[response_format], chunks=_once(whole))
     chunks = speak_stream(v=v, text=_once(text), response_format=response_format)
     try:
         first = await anext(chunks)

@@ -19,7 +19,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--starter",
             action="store_true",
-            help="Load the built-in starter registry: tiny.en and the Piper joe voice from PyPI packages.",
+            help="Load the built-in starter registry (Whisper base and tiny.en, the Piper joe voice, from "
+            "PyPI packages); it never takes the default from a model or upstream you set.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -27,10 +28,14 @@ class Command(BaseCommand):
             raise CommandError("Give either a FILE or --starter.")
         path = STARTER_FILE if options["starter"] else Path(options["file"])
         try:
-            counts = load_file(path)
+            report = load_file(path, keep_defaults=options["starter"])
         except RegistryFileError as exc:
             raise CommandError(str(exc)) from exc
+        counts = report.counts
+        again = f" ({report.existed} already registered: updated)" if report.existed else ""
         self.stdout.write(
             f"Loaded {path.name}: {counts['upstreams']} upstream(s), {counts['models']} model(s), "
-            f"{counts['voices']} voice(s)."
+            f"{counts['voices']} voice(s){again}."
         )
+        for note in report.notes:
+            self.stdout.write(f"Note: {note}")

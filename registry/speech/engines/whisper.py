@@ -136,7 +136,8 @@ class WhisperEngine:
 def _segments(segments: Iterable[faster_whisper.transcribe.Segment]) -> Iterator[Segment]:
     # A generator, so faster-whisper's own laziness survives the mapping. Numbers go through
     # float()/int(): word timings come back as numpy scalars, which json cannot serialise.
-    for s in segments:
+    # ids count from 0, as OpenAI's do (faster-whisper's start at 1): clients use them as indexes.
+    for index, s in enumerate(segments):
         words = None
         if s.words is not None:
             words = [
@@ -144,7 +145,7 @@ def _segments(segments: Iterable[faster_whisper.transcribe.Segment]) -> Iterator
                 for w in s.words
             ]
         yield Segment(
-            id=int(s.id),
+            id=index,
             seek=int(s.seek),
             start=float(s.start),
             end=float(s.end),
