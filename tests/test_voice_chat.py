@@ -189,23 +189,22 @@ def test_usage_chunk_only_when_asked(client, upstream):
 
 
 def test_first_audio_leaves_before_the_reply_is_complete(client, upstream):
-    upstream.token_delay = 0.05
-    first_audio = last_transcript = None
-    for i, chunk in enumerate(
-        client.chat.completions.create(
-            model="fake-llm",
-            modalities=["text", "audio"],
-            audio={"voice": "alloy", "format": "pcm16"},
-            messages=[{"role": "user", "content": "hi"}],
-            stream=True,
-        )
+    # The upstream holds its stream after the first sentence until the test releases it: audio that
+    # arrives meanwhile was spoken while the reply was still being generated. Order, not timing.
+    upstream.hold = True
+    audio_while_held = False
+    for chunk in client.chat.completions.create(
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
     ):
         for choice in chunk.choices:
-            if choice.delta.audio and choice.delta.audio.data and first_audio is None:
-                first_audio = i
-            if choice.delta.audio and choice.delta.audio.transcript:
-                last_transcript = i
-    assert first_audio is not None and first_audio < last_transcript
+            if choice.delta.audio and choice.delta.audio.data and not upstream.release.is_set():
+                audio_while_held = True
+                upstream.release.set()
+    assert audio_while_held
 
 
 def test_streamed_audio_must_be_pcm16(client):
@@ -556,3 +555,196 @@ def test_a_client_gone_before_the_response_still_gets_an_audit_row(gateway, api_
         )
     row = row_for({"x-request-id": "gone-early-1"})
     assert row.client_disconnected and row.status_code == 499
+
+
+# --- what real upstreams do (llama.cpp, reasoning models): the loopback upstream imitates each ---
+
+
+def voice_stream(client, model: str, **kwargs):
+    return collect_stream(
+        client,
+        model=model,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "pcm16"},
+        messages=[{"role": "user", "content": "hi"}],
+        **kwargs,
+    )
+
+
+def test_a_cut_upstream_first_finishes_speaking_what_was_sent(client):
+    # cut-stream sends "The sky" and hangs up: that text reached the client, so its audio does too.
+    events = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(
+            model="cut-stream",
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "pcm16"},
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        ):
+            events.extend(chunk.choices)
+    assert "upstream" in str(caught.value.message).lower()
+    transcript = "".join(c.delta.audio.transcript or "" for c in events if c.delta.audio)
+    audio = b"".join(
+        base64.b64decode(c.delta.audio.data) for c in events if c.delta.audio and c.delta.audio.data
+    )
+    assert transcript == "The sky" and len(audio) / 2 / 24000 > 0.3
+    assert wer("The sky", transcribe(client, pcm16_to_wav(audio))) <= 0.5
+
+
+def test_sse_comments_are_relayed_in_voice_and_text_streams(http):
+    for body in (
+        {"model": "ping-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        {
+            "model": "ping-model",
+            "stream": True,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ):
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = [line for line in response.iter_lines() if line]
+        assert response.status_code == 200
+        assert lines[:2] == [": ping", ": ping"] and lines[-1] == "data: [DONE]"
+
+
+def test_an_upstream_silent_past_its_timeout_is_a_real_504(http, upstream):
+    # slow-first-event sends 200 headers at once and its first event after 5 s; the loopback
+    # upstream's timeout is 3 s: the gateway waits for that first event before answering.
+    body = {
+        "model": "slow-first-event",
+        "stream": True,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    for streamed_voice in (body, {k: v for k, v in body.items() if k not in ("modalities", "audio")}):
+        response = http.post("/v1/chat/completions", json=streamed_voice)
+        assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+        assert audit_row(response.headers["x-request-id"]).status_code == 504
+
+
+def test_a_reasoning_only_reply_to_a_voice_request_is_a_clear_error(client, http):
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="reasoning-model",
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "wav"},
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    assert caught.value.status_code == 502 and caught.value.code == "no_content_to_speak"
+    # Streamed, the same error ends the stream, and the audit row records it with its status.
+    with http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "reasoning-model",
+            "stream": True,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert response.status_code == 200 and events[-1]["error"]["code"] == "no_content_to_speak"
+    assert any(c["choices"] and c["choices"][0]["delta"].get("reasoning_content") for c in events[:-1])
+    row = audit_row(response.headers["x-request-id"])
+    assert row.status_code == 502 and row.error_code == "no_content_to_speak" and row.streamed
+    # Text out, the same reply passes as the upstream sent it.
+    text = client.chat.completions.create(
+        model="reasoning-model", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert text.choices[0].message.content == ""
+
+
+def test_replies_name_the_model_the_client_asked_for(client):
+    whole = client.chat.completions.create(model="path-model", messages=[{"role": "user", "content": "hi"}])
+    voiced = client.chat.completions.create(
+        model="path-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    text_chunks = list(
+        client.chat.completions.create(
+            model="path-model", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    voice_chunks, *_ = voice_stream(client, "path-model", stream_options={"include_usage": True})
+    names = {whole.model, voiced.model} | {c.model for c in text_chunks + voice_chunks}
+    assert names == {"path-model"}
+
+
+def test_usage_sent_per_choice_is_added_up(client):
+    chunks, *_ = voice_stream(client, "usage-per-choice", n=2, stream_options={"include_usage": True})
+    usage = [c.usage for c in chunks if c.usage is not None]
+    words = len(REPLY.split())
+    assert len(usage) == 1 and usage[0].completion_tokens == 2 * words
+    assert usage[0].total_tokens == usage[0].prompt_tokens + 2 * words
+
+
+def test_streamed_voice_chunks_keep_logprobs(client):
+    chunks, _, transcript, *_ = voice_stream(client, "logprobs-model", logprobs=True)
+    with_text = [ch for c in chunks for ch in c.choices if ch.delta.audio and ch.delta.audio.transcript]
+    assert with_text and all(ch.logprobs and ch.logprobs.content for ch in with_text)
+    assert "".join(t.token for ch in with_text for t in ch.logprobs.content) == transcript == REPLY
+
+
+def test_an_upstream_4xx_error_object_passes_through_whole(http):
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": "error-400-llama", "messages": [{"role": "user", "content": "x"}]},
+    )
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == 400 and isinstance(error["code"], int)
+    assert error["n_prompt_tokens"] == 4103 and error["n_ctx"] == 2048
+    assert error["type"] == "exceed_context_size_error" and "context size" in error["message"]
+    assert audit_row(response.headers["x-request-id"]).error_code == "400"
+
+
+def test_a_tool_call_without_text_has_null_content(client):
+    completion = client.chat.completions.create(
+        model="tool-empty-model",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "weather?"}],
+    )
+    message = completion.choices[0].message
+    assert message.content is None and message.audio is None and message.tool_calls
+
+
+def test_audio_without_audio_in_modalities_is_accepted_and_ignored(client):
+    for stream in (False, True):
+        reply = client.chat.completions.create(
+            model="fake-llm",
+            audio={"voice": "alloy", "format": "wav"},
+            messages=[{"role": "user", "content": "hi"}],
+            stream=stream,
+        )
+        if stream:
+            chunks = list(reply)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REPLY
+            assert all(c.choices[0].delta.audio is None for c in chunks if c.choices)
+        else:
+            assert reply.choices[0].message.content == REPLY and reply.choices[0].message.audio is None
+
+
+def test_an_unknown_model_is_refused_before_any_transcription(client, http):
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": "no-such-llm-anywhere", "messages": [audio_message()]},
+    )
+    # The loopback upstream is the default, so routing cannot fail here: a disabled default shows it.
+    assert response.status_code == 200
+    Upstream.objects.filter(name="loopback").update(is_default=False)
+    try:
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": "no-such-llm-anywhere", "messages": [audio_message("A brand new question.")]},
+        )
+    finally:
+        Upstream.objects.filter(name="loopback").update(is_default=True)
+    row = audit_row(response.headers["x-request-id"])
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert row.stt_ms is None and row.audio_seconds_in is None  # routed before transcribing

@@ -15,6 +15,17 @@ Behaviour is chosen by the request's ``model``, so a test needs no side channel 
     cut-stream        two content chunks, then the connection is closed mid-body, with no [DONE]
     stream-error      two content chunks, then an SSE ``{"error": ...}`` event, as OpenAI sends mid-stream
 
+What real servers do that the cases above do not (llama.cpp, reasoning models):
+
+    ping-model        streams start with two ``: ping`` comment lines, as llama.cpp sends during a long prompt
+    slow-first-event  streamed: 200 headers at once, the first event after ``upstream.slow_seconds``
+    reasoning-model   the answer is all ``reasoning_content``; ``content`` is ""
+    tool-empty-model  the tool call of tool-model, with ``content: ""`` (llama.cpp) instead of null
+    path-model        names itself by a file path in every reply (llama.cpp's ``model``)
+    usage-per-choice  streamed with n > 1: one usage chunk per choice (llama.cpp), not one in all
+    logprobs-model    every choice and content chunk carries ``logprobs``
+    error-400-llama   400 with llama.cpp's error object: an integer ``code``, ``n_prompt_tokens``, ``n_ctx``
+
 Streams are ``data: {chat.completion.chunk}`` events, one per token-like piece (a word with its leading
 space, or one punctuation mark: "3.5" arrives as "3", ".", "5"), ``upstream.token_delay`` seconds apart.
 Every request is recorded in ``upstream.requests`` as ``{"method", "path", "headers", "json",
@@ -45,8 +56,11 @@ TOOL_CALL_TEXT = "Let me check the weather."
 TOOL_CALL_ARGUMENTS = '{"city": "Paris"}'
 MODELS = [
     "fake-llm", "echo-model", "tool-model", "tool-text-model", "slow-model", "cut-stream", "stream-error",
-    "error-400", "error-401", "error-429", "error-500",
+    "error-400", "error-401", "error-429", "error-500", "ping-model", "slow-first-event", "reasoning-model",
+    "tool-empty-model", "path-model", "usage-per-choice", "logprobs-model", "error-400-llama",
 ]  # fmt: skip
+MODEL_PATH = "/srv/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+REASONING = "The user wants a greeting, so I will greet them."
 
 
 def _error(
@@ -66,6 +80,16 @@ _ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
     ),
     "error-429": (429, _error("Rate limit reached for requests.", "requests", code="rate_limit_exceeded")),
     "error-500": (500, _error("The server had an error while processing your request.", "server_error")),
+    "error-400-llama": (
+        400,
+        {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 4103,
+            "n_ctx": 2048,
+        },
+    ),
 }
 _STREAM_ERROR = _error("stream broke upstream", "server_error", code="upstream_stream_error")
 # Token-like pieces: a word or a single punctuation mark, each with the whitespace before it.
@@ -94,6 +118,11 @@ class FakeUpstream:
         self.port = port
         self.reply = reply
         self.replies: list[str] | None = None
+        # Set `hold` to pause every stream after its first sentence (and the next word, which tells a
+        # sentence splitter it ended) until `release` is set (or 30 s):
+        # a test can then see what the gateway sent while the upstream had not finished.
+        self.hold = False
+        self.release = threading.Event()
         self.token_delay = token_delay
         self.slow_seconds = slow_seconds
         self.requests: list[dict[str, Any]] = []
@@ -143,6 +172,9 @@ class FakeUpstream:
         """Restore the constructor's settings and forget recorded requests (for a session-wide server)."""
         self.reply, self.token_delay, self.slow_seconds = self._defaults
         self.replies = None
+        self.hold = False
+        self.release.set()  # wakes a stream still held by the last test
+        self.release = threading.Event()
         with self._changed:
             self.requests.clear()
 
@@ -281,13 +313,15 @@ class _Handler(BaseHTTPRequestHandler):
         for i in range(n):
             if model == "tool-model":
                 texts.append(None)
+            elif model in ("tool-empty-model", "reasoning-model"):
+                texts.append("")
             elif model == "tool-text-model":
                 texts.append(TOOL_CALL_TEXT)
             elif model == "echo-model":
                 texts.append(_last_user_text(payload["messages"]))
             else:
                 texts.append(replies[i % len(replies)] if replies else upstream.reply)
-        calls_tool = model in ("tool-model", "tool-text-model")
+        calls_tool = model in ("tool-model", "tool-text-model", "tool-empty-model")
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         usage = {
             "prompt_tokens": sum(
@@ -312,11 +346,13 @@ class _Handler(BaseHTTPRequestHandler):
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
             if calls_tool:
                 message["tool_calls"] = [_tool_call(i)]
+            if model == "reasoning-model":
+                message["reasoning_content"] = REASONING
             choices.append(
                 {
                     "index": i,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": _logprobs(text or "") if model == "logprobs-model" else None,
                     "finish_reason": "tool_calls" if calls_tool else "stop",
                 }
             )
@@ -324,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model,
+            "model": MODEL_PATH if model == "path-model" else model,
             "choices": choices,
             "usage": usage,
             "system_fingerprint": "fp_fake_upstream",
@@ -355,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": model,
+                "model": MODEL_PATH if model == "path-model" else model,
                 "system_fingerprint": "fp_fake_upstream",
                 "choices": choices,
             }
@@ -365,12 +401,24 @@ class _Handler(BaseHTTPRequestHandler):
             return body
 
         per_choice = [list(_deltas(i, text, calls_tool)) for i, text in enumerate(texts)]
+        if model == "reasoning-model":
+            per_choice = [
+                [deltas[0], *(({"reasoning_content": p}, None) for p in tokens(REASONING)), deltas[-1]]
+                for deltas in per_choice
+            ]
         self._send_head(
             200,
             "text/event-stream; charset=utf-8",
             {"Cache-Control": "no-cache", "Transfer-Encoding": "chunked"},
         )
+        self.wfile.flush()  # the headers leave now, before any event (llama.cpp does the same)
+        if model == "ping-model":
+            self._write_chunk(b": ping\n\n")
+            self._write_chunk(b": ping\n\n")
+        if model == "slow-first-event" and upstream._stopping.wait(upstream.slow_seconds):
+            raise _ClientGone
         content_chunks = 0
+        held = sentence_ended = False
         for step in range(max(len(deltas) for deltas in per_choice)):
             if step and delay and upstream._stopping.wait(delay):
                 raise _ClientGone
@@ -379,9 +427,19 @@ class _Handler(BaseHTTPRequestHandler):
                 if step >= len(deltas):
                     continue
                 delta, finish_reason = deltas[step]
-                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                logprobs = (
+                    _logprobs(delta["content"])
+                    if model == "logprobs-model" and delta.get("content")
+                    else None
+                )
+                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
                 self._send_event(chunk([choice]))
                 content_chunks += bool(delta.get("content"))
+                # Held once the first sentence's end is known: after the word that follows its period.
+                if upstream.hold and not held and sentence_ended and delta.get("content"):
+                    held = True
+                    upstream.release.wait(30)
+                sentence_ended = sentence_ended or str(delta.get("content", "")).endswith(".")
                 if model in ("cut-stream", "stream-error") and content_chunks == 2:
                     if model == "cut-stream":
                         self._hang_up()
@@ -389,7 +447,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send_event({"error": _STREAM_ERROR})
                     self._write_chunk(b"")
                     return
-        if usage is not None:
+        if usage is not None and model == "usage-per-choice":
+            for text in texts:  # llama.cpp counts each choice apart, the prompt in every one
+                completion = len((text or "").split())
+                each = {
+                    **usage,
+                    "completion_tokens": completion,
+                    "total_tokens": usage["prompt_tokens"] + completion,
+                }
+                self._send_event(chunk([], usage=each))
+        elif usage is not None:
             self._send_event(chunk([], usage=usage))
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")  # the zero-length chunk that ends the body; the connection stays usable
@@ -465,6 +532,15 @@ def _deltas(index: int, text: str | None, calls_tool: bool) -> Iterator[tuple[di
         for piece in tokens(TOOL_CALL_ARGUMENTS):
             yield {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None
     yield {}, "tool_calls" if calls_tool else "stop"
+
+
+def _logprobs(text: str) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": piece, "logprob": -0.25, "bytes": list(piece.encode()), "top_logprobs": []}
+            for piece in tokens(text)
+        ]
+    }
 
 
 def _tool_call(index: int) -> dict[str, Any]:
