@@ -367,3 +367,45 @@ def test_a_client_that_goes_away_mid_stream_is_audited_as_disconnected(gateway, 
     assert row.client_disconnected is True
     # The whole story is about 120 s of speech; measured 3.6 s made before the server noticed.
     assert row.audio_seconds_out < 60
+
+
+# --- audio every reader opens ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav"])
+def test_flac_and_wav_open_in_soundfile_with_their_real_length(client, fmt):
+    import soundfile
+
+    data, _ = speak(client, response_format=fmt)
+    info = soundfile.info(io.BytesIO(data))
+    samples, rate = soundfile.read(io.BytesIO(data))
+    assert info.samplerate == PCM_RATE and 2 < info.duration < 10
+    assert len(samples) / rate == pytest.approx(decode(data)[2], abs=0.05)
+    if fmt == "wav":
+        import wave
+
+        with wave.open(io.BytesIO(data)) as reader:
+            frames = reader.readframes(reader.getnframes())
+        assert len(frames) / 2 / PCM_RATE == pytest.approx(info.duration, abs=0.05)
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav"])
+def test_voice_chat_audio_files_carry_their_exact_length(client, fmt):
+    import soundfile
+
+    completion = client.chat.completions.create(
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": fmt},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    data = base64.b64decode(completion.choices[0].message.audio.data)
+    info = soundfile.info(io.BytesIO(data))
+    assert info.duration == pytest.approx(decode(data)[2], abs=0.01)
+    assert info.frames == len(soundfile.read(io.BytesIO(data))[0])
+
+
+def test_mp3_is_encoded_at_a_listening_bitrate(client):
+    data, _ = speak(client, STORY, response_format="mp3")
+    kbps = len(data) * 8 / decode(data)[2] / 1000
+    assert 56 <= kbps <= 72  # 64 kbps (audio.BITRATES), not FFmpeg's 32 kbps default at 24 kHz

@@ -383,3 +383,66 @@ def test_chunking_strategy_numbers_are_range_checked(http, value):
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "chunking_strategy"
+
+
+# --- OpenAI's accepted combinations, and a multilingual model ------------------------------------
+
+SPANISH = "El gato duerme en la casa. Mañana vamos a la playa con mis amigos."
+ENGLISH_WORDS = {"house", "beach", "friends", "cat", "tomorrow", "sleeps", "sleeping", "go", "going"}
+
+
+def test_segment_granularity_is_accepted_with_json_and_text(client):
+    for fmt in ("json", "text"):
+        result = client.audio.transcriptions.create(
+            model="whisper-1", file=upload(), response_format=fmt, timestamp_granularities=["segment"]
+        )
+        assert wer(SENTENCE, result if isinstance(result, str) else result.text) <= WER_BOUND
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(
+            model="whisper-1", file=upload(), response_format="json", timestamp_granularities=["word"]
+        )
+    assert caught.value.body["param"] == "timestamp_granularities"
+
+
+@pytest.mark.parametrize("fmt", ["verbose_json", "srt", "vtt"])
+def test_a_stream_in_any_format_is_the_same_events(client, fmt):
+    events = list(
+        client.audio.transcriptions.create(model="whisper-1", file=upload(), response_format=fmt, stream=True)
+    )
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert events[-1].type == "transcript.text.done" and events[-1].text == "".join(deltas)
+    assert wer(SENTENCE, events[-1].text) <= WER_BOUND
+
+
+def test_verbose_json_segments_count_from_zero_and_usage_is_the_duration_rounded_up(client):
+    text = f"{SENTENCE} {OTHER} Thank you for listening to this short recording today."
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=upload(text), response_format="verbose_json"
+    )
+    assert [s.id for s in result.segments] == list(range(len(result.segments)))
+    assert result.usage.seconds == math.ceil(result.duration)
+
+
+def test_translation_of_spanish_speech_is_english(client):
+    result = client.audio.translations.create(
+        model="whisper-base", file=("es.wav", speech(SPANISH, voice="es")), response_format="verbose_json"
+    )
+    words = set(re.findall(r"[a-z]+", result.text.lower()))
+    assert len(words & ENGLISH_WORDS) >= 2, result.text
+    assert result.language == "spanish"
+
+
+def test_a_multilingual_model_detects_the_language_and_honours_the_one_given(client):
+    clip = ("es.wav", speech(SPANISH, voice="es"))
+    detected = client.audio.transcriptions.create(
+        model="whisper-base", file=clip, response_format="verbose_json"
+    )
+    assert detected.language == "spanish" and "playa" in detected.text.lower()
+    given = client.audio.transcriptions.create(
+        model="whisper-base", file=clip, response_format="verbose_json", language="es"
+    )
+    assert given.language == "spanish" and "playa" in given.text.lower()
+    forced = client.audio.transcriptions.create(
+        model="whisper-base", file=clip, response_format="verbose_json", language="fr"
+    )
+    assert forced.language == "french"  # honoured, not detected over
