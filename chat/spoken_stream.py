@@ -157,7 +157,7 @@ class SpokenStream:
                 for voice in self.voices.values():
                     await voice.finish()
                 raise
-            usage.llm_ms = (time.perf_counter() - self.started) * 1000
+            usage.span("llm_ms", self.started)
             for index in sorted(self.voices.keys() | finishes.keys()):
                 if not self.voice(index).transcript and index in self.reasoned and index not in self.called:
                     check_speakable({"reasoning_content": True}, self.target)

@@ -153,7 +153,7 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
     stream = bool(params.get("stream"))
     options = params.get("stream_options") or {}
     include_usage = bool(options.get("include_usage"))
-    if stream and voicing is not None:
+    if stream:
         # Asked for the audit log's token counts; the usage chunk reaches the client only if it asked.
         forward["stream_options"] = {**options, "include_usage": True}
     return ChatPlan(
@@ -172,7 +172,7 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     started = time.perf_counter()
     data = await upstream.complete(plan.target, plan.body)
     usage = audit.usage()
-    usage.llm_ms = (time.perf_counter() - started) * 1000
+    usage.span("llm_ms", started)
     usage.tokens = data.get("usage")
     _as_asked(data, plan.model)
     for choice in data["choices"]:
@@ -227,7 +227,7 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
         await stack.aclose()
         raise
     if plan.voicing is None:
-        return _passthrough(events, stack, started, plan.model)
+        return _passthrough(events, stack, started, plan.model, plan.include_usage)
     return SpokenStream(
         model=plan.model,
         target=plan.target,
@@ -240,11 +240,14 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
 
 
 async def _passthrough(
-    events: upstream.Events, stack: AsyncExitStack, started: float, model: str
+    events: upstream.Events, stack: AsyncExitStack, started: float, model: str, include_usage: bool
 ) -> AsyncIterator[Payload]:
-    """Text out: the upstream's events as it sent them, comments included, but for the model's name."""
+    """Text out: the upstream's events as it sent them, comments included, but for the model's name
+    and the usage. That leaves once, last, and only to a client that asked for it: the gateway asks
+    for it anyway (for the audit log), and llama.cpp sends one usage chunk per choice when n > 1."""
     usage = audit.usage()
     usages: list[dict[str, Any]] = []
+    usage_chunk: dict[str, Any] | None = None
     try:
         async for item in events.lines():
             if isinstance(item, upstream.Comment):
@@ -261,9 +264,16 @@ async def _passthrough(
                 _as_asked(chunk, model)
                 if isinstance(chunk.get("usage"), dict):
                     usages.append(chunk["usage"])
+                    if not chunk.get("choices"):
+                        usage_chunk = chunk  # held back: one usage chunk, added up, ends the reply
+                        continue
+                    if not include_usage:
+                        del chunk["usage"]
             yield chunk
+        if usage_chunk is not None and include_usage:
+            yield {**usage_chunk, "usage": upstream.merged_usage(usages)}
         yield "[DONE]"
     finally:
-        usage.llm_ms = (time.perf_counter() - started) * 1000
+        usage.span("llm_ms", started)
         usage.tokens = upstream.merged_usage(usages)
         await stack.aclose()

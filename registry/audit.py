@@ -35,15 +35,18 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before the response began
 
-Accumulated = Literal["stt_ms", "llm_ms", "tts_ms", "audio_seconds_in", "audio_seconds_out"]
+Accumulated = Literal["audio_seconds_in", "audio_seconds_out"]
+Stage = Literal["stt_ms", "llm_ms", "tts_ms"]
 
 
 @dataclass
 class Usage:
     """What the work used and how long each stage took: the RequestLog columns services fill.
 
-    Times are milliseconds of the stage's own work; stages may overlap (a streamed voice reply's
-    llm and tts run at once), and `*_first_*` are measured from the start of the scope.
+    A stage's time is the wall-clock time during which any of its work ran: work of one stage that
+    overlaps itself (two audio parts transcribed at once, sentences synthesised in parallel) counts
+    once, so no stage is longer than the whole. Different stages may overlap each other (a streamed
+    voice reply's llm and tts run at once). `*_first_*` are measured from the start of the scope.
     """
 
     stt_ms: float | None = None
@@ -60,10 +63,27 @@ class Usage:
     streamed: bool = False
     client_disconnected: bool = False
     tokens: dict[str, Any] | None = None  # the upstream's token usage, as it reported it
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict, repr=False)
 
     def add(self, name: Accumulated, amount: float) -> None:
-        """Add to a stage that may run several times (one stt per audio part, tts per sentence)."""
+        """Add to an amount that may come in parts (the audio of several parts or sentences)."""
         setattr(self, name, (getattr(self, name) or 0.0) + amount)
+
+    def span(self, name: Stage, started: float, ended: float | None = None) -> None:
+        """A stage ran from `started` to `ended` (time.perf_counter(); now when None)."""
+        spans = self.spans.setdefault(name, [])
+        spans.append((started, time.perf_counter() if ended is None else ended))
+        setattr(self, name, _covered(spans) * 1000)
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 @dataclass
@@ -107,6 +127,7 @@ class AuditRecord:
         self._written = True
         usage = asdict(self.usage)
         tokens = usage.pop("tokens")
+        del usage["spans"]
         error = self.error
         fields = {
             "request_id": self.request_id,

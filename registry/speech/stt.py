@@ -183,7 +183,7 @@ async def run(
 
     started = time.perf_counter()
     segments, info = await workers.run(work)
-    audit.usage().add("stt_ms", (time.perf_counter() - started) * 1000)
+    audit.usage().span("stt_ms", started)
     return Transcript(
         task=task,
         model_id=model.model_id,
@@ -249,6 +249,6 @@ async def stream(
                     yield item
         finally:
             items.close()
-            audit.usage().add("stt_ms", (time.perf_counter() - started) * 1000)
+            audit.usage().span("stt_ms", started)
 
     return SegmentStream(model_id=model.model_id, duration=duration, info=info, segments=segments())

@@ -131,7 +131,6 @@ def synthesize(v: Voicing, sentences: Iterable[str], *, rate: int = OUTPUT_RATE)
 
 @dataclass
 class _Totals:
-    synthesis_ms: float = 0.0
     samples_out: int = 0
 
 
@@ -159,7 +158,7 @@ async def _synthesize_sentence(
         finally:
             if items is not None:
                 items.close()  # a listener who went away stops synthesis before the next chunk
-            totals.synthesis_ms += (time.perf_counter() - started) * 1000
+            audit.usage().span("tts_ms", started)
             sentence.chunks.put_nowait(None)
         # Bounded: a sentence keeps its slot until it has been sent, so at most `parallelism`
         # sentences are synthesised or waiting to be sent at once.
@@ -233,7 +232,6 @@ async def speak_stream(
             task.cancel()
         await asyncio.gather(reader, *tasks, return_exceptions=True)
         usage = audit.usage()
-        usage.add("tts_ms", totals.synthesis_ms)
         usage.add("audio_seconds_out", totals.samples_out / OUTPUT_RATE)
 
 
@@ -302,6 +300,6 @@ async def speak_whole(*, v: Voicing, text: str, response_format: str) -> bytes:
     started = time.perf_counter()
     data, seconds = await workers.run(_whole, v, sentences, response_format)
     usage = audit.usage()
-    usage.add("tts_ms", (time.perf_counter() - started) * 1000)
+    usage.span("tts_ms", started)
     usage.add("audio_seconds_out", seconds)
     return data
