@@ -8,6 +8,7 @@ unreachable 502, timeout 504, an upstream 4xx passed through with its status and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -76,6 +77,22 @@ async def route(model: str) -> Target:
     return Target(
         name=chosen.name, base_url=chosen.base_url.rstrip("/"), api_key=api_key, timeout=chosen.timeout
     )
+
+
+async def reachable(target: Target) -> None:
+    """Raise UpstreamError unless a TCP connection to the upstream opens (within its connect timeout).
+
+    No request is sent: it tells a server that is down from one that is up, cheaply.
+    """
+    url = httpx.URL(target.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port), min(10.0, target.timeout))
+    except (OSError, TimeoutError) as exc:
+        raise UpstreamError(
+            f"The upstream '{target.name}' could not be reached ({type(exc).__name__})."
+        ) from exc
+    writer.close()
 
 
 def scrub(text: str, target: Target) -> str:

@@ -145,7 +145,11 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         model = await stt.resolve(
             api_key=api_key, name=params.get("transcription_model"), param="transcription_model"
         )
-        for part, text in zip(parts, await _transcribe(model, api_key, parts), strict=True):
+        # Transcription takes seconds; a TCP connect to the upstream alongside it costs nothing and
+        # turns an upstream that is down into a 502 at once, not after the transcription.
+        transcribing = asyncio.ensure_future(_transcribe(model, api_key, parts))
+        await _all([transcribing, upstream.reachable(target)])  # either failing cancels the other
+        for part, text in zip(parts, transcribing.result(), strict=True):
             messages[part.message]["content"][part.part] = {"type": "text", "text": text}
     audit.add_model(params["model"])
     forward = {k: v for k, v in body.items() if k not in CONSUMED}

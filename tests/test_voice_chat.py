@@ -769,3 +769,17 @@ def test_no_stage_time_is_longer_than_the_request(client):
     row = row_for(raw.headers)
     assert row.stt_ms and row.tts_ms and row.llm_ms
     assert max(row.stt_ms, row.tts_ms, row.llm_ms, row.tts_first_audio_ms) <= row.duration_ms
+
+
+def test_an_unreachable_upstream_fails_without_waiting_for_transcription(client):
+    Upstream.objects.update_or_create(
+        name="down", defaults={"base_url": "http://127.0.0.1:9/v1", "chat_models": ["down-llm"], "timeout": 2}
+    )
+    long_question = audio_message(" ".join([QUESTION] * 6))  # ~15 s of speech: seconds to transcribe
+    raw = client.chat.completions.with_raw_response
+    with pytest.raises(openai.APIStatusError) as caught:
+        raw.create(model="down-llm", messages=[long_question])
+    assert caught.value.status_code == 502
+    row = audit_row(caught.value.response.headers["x-request-id"])
+    # The connect was refused while the transcription still ran: it was cancelled, not finished.
+    assert row.status_code == 502 and row.stt_ms is None
