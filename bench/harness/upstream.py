@@ -17,7 +17,7 @@ Behaviour is chosen by the request's ``model``, so a test needs no side channel 
 
 What real servers do that the cases above do not (llama.cpp, reasoning models):
 
-    ping-model        streams start with two ``: ping`` comment lines, as llama.cpp sends during a long prompt
+    ping-model        streams open with two ``: ping`` comment lines (keep-alives some servers send)
     slow-first-event  streamed: 200 headers at once, the first event after ``upstream.slow_seconds``
     reasoning-model   the answer is all ``reasoning_content``; ``content`` is ""
     tool-empty-model  the tool call of tool-model, with ``content: ""`` (llama.cpp) instead of null
