@@ -56,7 +56,7 @@ from bench.chat_figures import (  # noqa: E402
     summary_rows,
     whole_figures,
 )
-from bench.gateway import Gateway  # noqa: E402
+from bench.gateway import STT_MODEL, Gateway  # noqa: E402
 from bench.harness.speech import speech  # noqa: E402
 from bench.harness.upstream import FakeUpstream  # noqa: E402
 from bench.report import markdown_table, ms, print_machine, signed, timed_median, warn_if_busy  # noqa: E402
@@ -185,6 +185,7 @@ def gateway_whole(client: openai.OpenAI, wav: bytes) -> tuple[float, str, ChatCo
                 "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}],
             }
         ],
+        extra_body={"transcription_model": STT_MODEL},
     )
     completion = raw.parse()
     return time.perf_counter() - started, raw.headers.get("x-request-id", ""), completion
@@ -331,7 +332,7 @@ def main() -> None:
                 upstream_url=upstream.base_url,
                 http=http,
                 piper=engines.tts(None, VOICE),
-                whisper=engines.stt("whisper-1"),
+                whisper=engines.stt(STT_MODEL),
             )
             print(
                 f"gateway: {gateway.url}, {loaded}; upstream {upstream.base_url} (FakeUpstream, "

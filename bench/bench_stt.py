@@ -6,11 +6,11 @@ One run, the same clips, the same model files, one machine:
 
 - raw:    the engine's faster_whisper.WhisperModel.transcribe(BytesIO(wav)) with faster-whisper's own
           defaults, drained (faster-whisper decodes the WAV itself)
-- engine: bench.direct: "whisper-1" resolved by registry.catalog and its engine taken from this
+- engine: bench.direct: "whisper-tiny.en" resolved by registry.catalog and its engine taken from this
           process's model cache, then the gateway's pipeline on it: registry.speech.audio.decode and
           registry.speech.stt.transcribe_on, drained (what stt.run's worker does, without HTTP and
           the pool). The overhead figures are against this one.
-- http:   the openai SDK's audio.transcriptions.create(model="whisper-1") against a fresh gateway
+- http:   the openai SDK's audio.transcriptions.create(model=STT_MODEL) against a fresh gateway
           (bench.gateway.Gateway: daphne, SQLite, the starter registry, VOICEPROXY_INFERENCE_THREADS=2)
 
 All three are warm (one warm-up call each first, so model loads are excluded) and interleaved,
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from bench.gateway import HEALTH, MODELS, Gateway  # noqa: E402
+from bench.gateway import HEALTH, MODELS, STT_MODEL, Gateway  # noqa: E402
 from bench.harness.speech import speech  # noqa: E402
 from bench.report import (  # noqa: E402
     Neighbours,
@@ -105,7 +105,7 @@ class Runner:
 
     def http(self, clip: Clip) -> str:
         raw = self.client.audio.transcriptions.with_raw_response.create(
-            model="whisper-1", file=("clip.wav", clip.wav, "audio/wav")
+            model=STT_MODEL, file=("clip.wav", clip.wav, "audio/wav")
         )
         self.last_request_id = raw.headers.get("x-request-id", "")
         return raw.parse().text.strip()
@@ -157,7 +157,7 @@ def loaded_round(gateway: Gateway, clip: Clip, client: openai.OpenAI) -> tuple[l
         futures = [
             pool.submit(
                 client.audio.transcriptions.create,
-                model="whisper-1",
+                model=STT_MODEL,
                 file=("clip.wav", clip.wav, "audio/wav"),
             )
             for _ in range(CONCURRENT)
@@ -366,7 +366,7 @@ def main() -> None:
     wavs = {name: speech(text) for name, text in CLIPS.items()}
 
     with Gateway() as gateway, gateway.engines() as engines:
-        transcriber = engines.stt("whisper-1")
+        transcriber = engines.stt(STT_MODEL)
         spec = transcriber.model.spec
         device = getattr(transcriber.engine, "device", "?")  # WhisperEngine's resolved device
         setup_s = time.perf_counter() - bench_started

@@ -1,9 +1,10 @@
 """The throwaway gateway every benchmark talks to, and this process configured as it.
 
 `Gateway` is the whole deployment: a temporary data dir with its own SQLite database, `migrate`,
-the starter registry (tiny.en as the default STT model, alias whisper-1; the Piper joe voice as the
-default TTS), one API key, and one daphne process on a free loopback port. It is another process
-on purpose: what the client measures is what a client of the real server gets, event loop,
+the starter registry (Whisper base as the default STT model, alias whisper-1, and tiny.en, alias
+whisper-tiny.en, which the benchmarks use: their figures stay comparable from run to run; the Piper
+joe voice as the default TTS), one API key, and one daphne process on a free loopback port. It is
+another process on purpose: what the client measures is what a client of the real server gets, event loop,
 middleware, audit writes and all. `Gateway.use_settings()` then points this process's Django at the
 same settings and database, so the benchmarks' direct side (bench/direct.py) resolves models
 through the registry itself and builds the very engines the gateway builds.
@@ -40,6 +41,7 @@ Probe = tuple[str, str, str, dict[str, Any]]
 """A request for `Gateway.request_costs`: (label, method, path, httpx keyword arguments)."""
 
 # The gateway's per-request work without any speech.
+STT_MODEL = "whisper-tiny.en"  # the starter's tiny.en: what every benchmark transcribes with
 HEALTH: Probe = ("GET /health (daphne + Django, no auth, no audit row)", "GET", "/health", {})
 MODELS: Probe = ("GET /v1/models (+ auth, DRF, catalog reads, audit row)", "GET", "/v1/models", {})
 

