@@ -86,6 +86,11 @@ class DatabaseThread:
         """Wait until everything submitted so far has run."""
         self._executor.submit(lambda: None).result(timeout=timeout)
 
+    def close_connection(self, timeout: float = 10.0) -> None:
+        """Run what is queued, then close this thread's connection (the next job opens a new one)."""
+        # `connection` is per thread: looked up there, not here.
+        self._executor.submit(lambda: connection.close()).result(timeout=timeout)
+
 
 def _unavailable() -> DatabaseUnavailable:
     return DatabaseUnavailable(
@@ -114,3 +119,10 @@ def _report(done: Future[Any], what: str) -> None:
 
 foreground = DatabaseThread("voiceproxy-db-foreground")
 background = DatabaseThread("voiceproxy-db-background")
+
+
+def close_connections() -> None:
+    """Write what is queued and close both kept connections: before a database is dropped or the
+    process ends (a kept PostgreSQL session would block `DROP DATABASE`)."""
+    for thread in (background, foreground):
+        thread.close_connection()

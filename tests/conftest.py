@@ -69,6 +69,11 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> It
     with django_db_blocker.unblock():
         config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     yield
+    # Tests that call services in this process (test_services.py) leave the kept connections of
+    # registry/db_threads.py open: PostgreSQL will not drop a database with sessions on it.
+    from registry import db_threads
+
+    db_threads.close_connections()
     with django_db_blocker.unblock():
         teardown_databases(config, verbosity=0)
 
