@@ -248,6 +248,10 @@ async def voice_chat_in_process(
         seconds = [durations_in_seconds(r) for r in rows]
         return {r["request_id"]: (r["llm"] or 0.0) + (r["tts"] or 0.0) for r in seconds}
 
+    from registry import db_threads
+
+    # The rows are written after each response, by the background thread: wait for the last one.
+    await sync_to_async(db_threads.background.flush)()
     engines = await sync_to_async(engine_seconds)()
     await sync_to_async(connections.close_all)()
     return median(list(totals.values())), median([totals[i] - engines[i] for i in totals])
