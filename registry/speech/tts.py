@@ -240,12 +240,11 @@ async def speak_stream(
                 if isinstance(chunk, BaseException):
                     raise chunk
                 samples, piece = chunk
-                if isinstance(piece, bytes):
-                    data = piece
-                elif encoder is not None:
-                    data = await workers.run(encoder.encode, piece)
-                if spoken.sent(samples, data):
-                    yield data
+                if not isinstance(piece, bytes):  # a codec's stream: one encoder, fed in order
+                    assert encoder is not None  # noqa: S101 - only codec formats send samples
+                    piece = await workers.run(encoder.encode, piece)
+                if spoken.sent(samples, piece):
+                    yield piece
             sentence.done.set()
         if encoder is not None:
             tail = await workers.run(encoder.close)
