@@ -8,12 +8,12 @@ from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 
 from chat import upstream, voice_chat
 from chat.serializers import ChatCompletionParams
 from registry.api import sse
+from registry.api.parsers import CheckedJSONParser
 from registry.api.serializers import request_data
 from registry.errors import InvalidRequest
 
@@ -25,7 +25,7 @@ async def _wire(events: AsyncIterator[voice_chat.Payload]) -> AsyncIterator[sse.
 
 
 class ChatCompletionsView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [CheckedJSONParser]
 
     @extend_schema(
         operation_id="createChatCompletion",

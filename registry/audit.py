@@ -146,9 +146,22 @@ class AuditRecord:
             "usage": tokens,
             **usage,
         }
+        fields = {name: storable(value) for name, value in fields.items()}
         # An INSERT repeated after a dropped connection may, rarely, log a request twice:
         # better than not at all.
         return db_threads.background.later(_insert, fields, what=f"write the audit row for {self.request_id}")
+
+
+def storable(value: Any) -> Any:
+    """`value` with every string made storable by any database: a NUL (which PostgreSQL text cannot
+    hold) and lone surrogates (which no encoder can write) escaped as text. No input costs a row."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 _current: ContextVar[AuditRecord | None] = ContextVar("voiceproxy_audit", default=None)

@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 
+from registry.api import parsers
 from registry.api.responses import TRANSCRIPTION_FORMATS
 from registry.speech.audio import FORMATS as AUDIO_FORMATS
 
@@ -24,7 +25,10 @@ async def request_data(request: Request) -> Any:
 
 
 async def form_data(request: Request) -> dict[str, Any]:
-    return form_to_dict(await request_data(request))
+    """The multipart form as a dict, its fields checked like a JSON body's (registry/api/parsers.py)."""
+    data = form_to_dict(await request_data(request))
+    parsers.check({k: v for k, v in data.items() if isinstance(v, str | list | dict)})
+    return data
 
 
 def form_to_dict(data: Any) -> dict[str, Any]:
@@ -81,7 +85,7 @@ class ChunkingStrategyField(serializers.Field):
                 return {"type": "auto"}
             try:
                 data = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested ~1,000 deep
                 self.fail("invalid")
         if not isinstance(data, dict) or data.get("type") != "server_vad":
             self.fail("invalid")

@@ -7,11 +7,12 @@ from typing import Any
 from adrf.views import APIView
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 
 from registry import catalog
 from registry.api import responses
+from registry.api.parsers import CheckedJSONParser
 from registry.api.serializers import (
     SpeechParams,
     TranscriptionParams,
@@ -93,7 +94,7 @@ class TranslationsView(APIView):
 
 
 class SpeechView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [CheckedJSONParser]
 
     @extend_schema(operation_id="createSpeech", request=SpeechParams, responses={200: bytes})
     async def post(self, request: Request) -> HttpResponse:
