@@ -9,8 +9,10 @@ unreachable 502, timeout 504, an upstream 4xx passed through with its status and
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -95,12 +97,30 @@ async def reachable(target: Target) -> None:
     writer.close()
 
 
+FRAGMENT = 8  # this many characters of the key in a row are taken for the key
+
+
+@functools.lru_cache(maxsize=64)
+def _key_pattern(key: str) -> re.Pattern[str]:
+    """The key, its masked forms (`sk-MARKE****W7xY`: the first 8 and last 4 around stars or dots)
+    and any run of FRAGMENT or more of its characters that is not a plain word (a key that holds
+    "upstream" must not blank that word out of every message; its "sk-upstr" prefix does go)."""
+    windows = {key[i : i + FRAGMENT] for i in range(len(key) - FRAGMENT + 1)}
+    windows = {window for window in windows if not window.isalpha()}
+    masked = re.escape(key[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(key[-4:])
+    fragments = "|".join(sorted(map(re.escape, windows), key=len, reverse=True))
+    return re.compile(f"{re.escape(key)}|{masked}" + (f"|(?:{fragments})+" if fragments else ""))
+
+
 def scrub(text: str, target: Target) -> str:
-    """The upstream's words without its key, should it echo it back (OpenAI's 401s quote it)."""
-    if target.api_key and len(target.api_key) >= 4:
-        text = text.replace(target.api_key, "[upstream key]")
-        text = text.replace(target.api_key[:12], "[upstream key]") if len(target.api_key) > 16 else text
-    return text
+    """The upstream's words without its key, should it echo it back whole, masked or in part
+    (OpenAI's 401s quote a masked key). Scrub before any truncation: a cut key is still a key."""
+    key = target.api_key
+    if not key:
+        return text
+    if len(key) < FRAGMENT:
+        return text.replace(key, "[upstream key]")
+    return _key_pattern(key).sub("[upstream key]", text)
 
 
 def _headers(target: Target) -> dict[str, str]:
@@ -134,7 +154,7 @@ def _error_from(response: httpx.Response, response_body: bytes, target: Target) 
         message = str(error.get("message") or "").strip() or f"HTTP {status}"
     else:
         error = {}
-        message = scrub(response_body[:300].decode(errors="replace").strip(), target) or f"HTTP {status}"
+        message = scrub(response_body.decode(errors="replace"), target)[:300].strip() or f"HTTP {status}"
     if status in (401, 403):
         # The gateway's credentials for the upstream were refused, not the client's key: passing
         # a 401 through would make the SDK blame the caller's (working) key.
@@ -248,18 +268,17 @@ class Events:
                     continue
                 if not line.startswith("data:"):
                     continue
-                payload = line[5:].strip()
+                # Every payload is scrubbed of the key: an upstream may echo it in any event.
+                payload = scrub(line[5:].strip(), self.target)
                 if payload == "[DONE]":
                     done = True
                     return
-                if payload.startswith('{"error"'):
-                    try:
-                        error = json.loads(payload)["error"]
-                        detail = error.get("message", error) if isinstance(error, dict) else error
-                    except (ValueError, KeyError, TypeError):
-                        detail = payload[:300]
-                    detail = scrub(str(detail), self.target)
-                    raise UpstreamError(f"The upstream '{self.target.name}' failed mid-stream: {detail}")
+                error = _error_event(payload)
+                if error is not None:
+                    detail = error.get("message", error) if isinstance(error, dict) else error
+                    raise UpstreamError(
+                        f"The upstream '{self.target.name}' failed mid-stream: {str(detail)[:300]}"
+                    )
                 yield payload
         except httpx.TimeoutException as exc:
             raise _transport_error(exc, self.target) from exc
@@ -272,6 +291,19 @@ class Events:
                 await self.response.aclose()
         if not done:
             raise UpstreamError(f"The upstream '{self.target.name}' ended the stream before it was complete.")
+
+
+def _error_event(payload: str) -> Any:
+    """The `error` of an error event, however it is spaced (`{"error": ...}`, `{ "error" : ...}`)."""
+    if '"error"' not in payload[:40]:
+        return None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(event, dict) and "error" in event and "choices" not in event:
+        return event["error"]
+    return None
 
 
 def merged_usage(usages: list[dict[str, Any]]) -> dict[str, Any] | None:

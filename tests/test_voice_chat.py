@@ -783,3 +783,22 @@ def test_an_unreachable_upstream_fails_without_waiting_for_transcription(client)
     row = audit_row(caught.value.response.headers["x-request-id"])
     # The connect was refused while the transcription still ran: it was cancelled, not finished.
     assert row.status_code == 502 and row.stt_ms is None
+
+
+@pytest.mark.parametrize("model", ["echo-key-400", "echo-key-500", "echo-key-stream"])
+def test_an_upstream_echoing_its_key_never_shows_it(http, model):
+    # Whole, masked (first 8 and last 4), or a prefix left by a cut: none of it reaches the client or the log.
+    forms = [UPSTREAM_KEY, UPSTREAM_KEY[:9], f"{UPSTREAM_KEY[:8]}****{UPSTREAM_KEY[-4:]}", UPSTREAM_KEY[8:20]]
+    for voice in (False, True):
+        body = {
+            "model": model,
+            "stream": model.endswith("stream"),
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        if voice:
+            body.update(modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"})
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code != 200 or "error" in response.text
+        row = audit_row(response.headers["x-request-id"])
+        seen = response.text + row.error_message + row.error_code + row.error_type
+        assert not [form for form in forms if form in seen], seen

@@ -26,6 +26,12 @@ What real servers do that the cases above do not (llama.cpp, reasoning models):
     logprobs-model    every choice and content chunk carries ``logprobs``
     error-400-llama   400 with llama.cpp's error object: an integer ``code``, ``n_prompt_tokens``, ``n_ctx``
 
+Upstreams that echo the API key they were sent (the ``Authorization`` header's), for scrubbing tests:
+
+    echo-key-400      400 whose ``param``, ``code`` and ``type`` are the key, its message the masked key
+    echo-key-500      a 500 text body of 290 characters, then the key (a cut at 300 keeps 10 of it)
+    echo-key-stream   a stream whose error event is spaced ``{ "error" : ...}`` and quotes the key
+
 Streams are ``data: {chat.completion.chunk}`` events, one per token-like piece (a word with its leading
 space, or one punctuation mark: "3.5" arrives as "3", ".", "5"), ``upstream.token_delay`` seconds apart.
 Every request is recorded in ``upstream.requests`` as ``{"method", "path", "headers", "json",
@@ -58,6 +64,7 @@ MODELS = [
     "fake-llm", "echo-model", "tool-model", "tool-text-model", "slow-model", "cut-stream", "stream-error",
     "error-400", "error-401", "error-429", "error-500", "ping-model", "slow-first-event", "reasoning-model",
     "tool-empty-model", "path-model", "usage-per-choice", "logprobs-model", "error-400-llama",
+    "echo-key-400", "echo-key-500", "echo-key-stream",
 ]  # fmt: skip
 MODEL_PATH = "/srv/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 REASONING = "The user wants a greeting, so I will greet them."
@@ -297,6 +304,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, payload: dict[str, Any]) -> None:
         upstream = self.server.upstream
         model = str(payload["model"])
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if model == "echo-key-400":
+            masked = f"{key[:8]}****{key[-4:]}"
+            error = {
+                "message": f"Incorrect API key provided: {masked}.",
+                "param": key,
+                "code": key,
+                "type": key,
+            }
+            self._send_json(400, {"error": error})
+            return
+        if model == "echo-key-500":
+            data = ("x" * 290 + key).encode()
+            self._send_head(500, "text/plain", {"Content-Length": str(len(data))})
+            self.wfile.write(data)
+            return
+        if model == "echo-key-stream" and payload.get("stream"):
+            self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked"})
+            self._write_chunk(f'data: {{ "error" : {{"message": "the key {key} was refused"}}}}\n\n'.encode())
+            self._write_chunk(b"")
+            return
         if model in _ERRORS:
             status, error = _ERRORS[model]
             headers = {"Retry-After": "1"} if status == 429 else {}
