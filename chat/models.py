@@ -8,6 +8,8 @@ from django.db import models
 class AudioReply(models.Model):
     audio_id = models.CharField(max_length=64, unique=True)
     transcript = models.TextField()
+    # Whose reply it is (registry.access.owner_of): another key's turn cannot quote it.
+    owner = models.CharField(max_length=64, blank=True, default="")
     created = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)
 

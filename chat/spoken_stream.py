@@ -81,7 +81,7 @@ class _ChoiceVoice:
         if not text:
             return
         expires_at = audio_store.expiry()
-        await audio_store.save(self.audio_id, text, expires_at)
+        await audio_store.save(self.audio_id, text, expires_at, owner=self.reply.owner)
         await self.reply.put(
             self.reply.chunk(
                 self.index, {"audio": {"id": self.audio_id, "expires_at": int(expires_at.timestamp())}}
@@ -102,6 +102,7 @@ class SpokenStream:
     def __init__(
         self,
         *,
+        owner: str,
         model: str,
         target: upstream.Target,
         voicing: tts.Voicing,
@@ -110,6 +111,7 @@ class SpokenStream:
         stack: AsyncExitStack,
         started: float,
     ) -> None:
+        self.owner = owner
         self.model = model
         self.target = target
         self.voicing = voicing

@@ -23,7 +23,7 @@ from django.core.cache import cache
 from chat import audio_store, upstream
 from chat.serializers import AUDIO_OUT_FORMATS, AudioBytes
 from chat.spoken_stream import SpokenStream, check_speakable
-from registry import audit
+from registry import audit, catalog
 from registry.access import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest
 from registry.models import ApiKey
@@ -40,6 +40,7 @@ Payload = dict[str, Any] | str | upstream.Comment
 
 @dataclass
 class ChatPlan:
+    owner: str  # whose spoken replies these are (audio_store.owner_of)
     model: str  # as the client named it: what every reply says, whatever the upstream calls it
     body: dict[str, Any]  # what goes upstream
     target: upstream.Target
@@ -114,6 +115,7 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
     `params` is what the edge validated (chat/serializers.py), `body` the request as the client sent
     it, which goes upstream with only our own parameters taken out and audio replaced by text.
     """
+    await catalog.check_chat_model(params["model"])
     check_model_allowed(api_key, [params["model"]])
     # Routed first: an unknown model or a misconfigured upstream is an answer before any transcription.
     target = await upstream.route(params["model"])
@@ -131,7 +133,7 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         audio_ref = message.get("audio")
         if message["role"] != "assistant" or not isinstance(audio_ref, dict):
             continue
-        transcript = await audio_store.transcript(audio_ref["id"])
+        transcript = await audio_store.transcript(audio_ref["id"], owner=audio_store.owner_of(api_key))
         if transcript is None:
             raise InvalidRequest(
                 f"The audio id '{audio_ref['id']}' is unknown or has expired.",
@@ -161,6 +163,7 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         # Asked for the audit log's token counts; the usage chunk reaches the client only if it asked.
         forward["stream_options"] = {**options, "include_usage": True}
     return ChatPlan(
+        owner=audio_store.owner_of(api_key),
         model=params["model"],
         body=forward,
         target=target,
@@ -187,7 +190,7 @@ async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
             check_speakable(message, plan.target)
     if plan.voicing is not None:
         await _all(
-            _speak_choice(plan.voicing, plan.audio_format, choice)
+            _speak_choice(plan.voicing, plan.audio_format, choice, plan.owner)
             for choice in data["choices"]
             if isinstance(choice, dict)
         )
@@ -201,7 +204,7 @@ def _as_asked(chunk: dict[str, Any], model: str) -> None:
         chunk["model"] = model
 
 
-async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[str, Any]) -> None:
+async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[str, Any], owner: str) -> None:
     message = choice.get("message")
     if not isinstance(message, dict):
         return
@@ -210,7 +213,7 @@ async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[st
         return  # a tool call without text, or nothing speakable: returned as the upstream sent it
     data = await tts.speak_whole(v=voicing, text=text, response_format=AUDIO_OUT_FORMATS[audio_format])
     audio_id, expires_at = audio_store.new_id(), audio_store.expiry()
-    await audio_store.save(audio_id, text, expires_at)
+    await audio_store.save(audio_id, text, expires_at, owner=owner)
     message["content"] = None
     message["audio"] = {
         "id": audio_id,
@@ -233,6 +236,7 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
     if plan.voicing is None:
         return _passthrough(events, stack, started, plan.model, plan.include_usage)
     return SpokenStream(
+        owner=plan.owner,
         model=plan.model,
         target=plan.target,
         voicing=plan.voicing,

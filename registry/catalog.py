@@ -83,6 +83,19 @@ async def model_for(
     return model
 
 
+async def check_chat_model(name: str, *, param: str = "model") -> None:
+    """Raise InvalidRequest (`wrong_model_type`) when `name` is a speech model's id or alias: it
+    names no chat model, so it must not fall through to the default upstream."""
+    registry = await snapshot.current()
+    for task in _MODEL_CLASSES:
+        if any(_named(row, name) for row in registry.models(task)):
+            raise InvalidRequest(
+                f"The model '{name}' is a {_TASK_WORDS[task]} model; chat completions need a chat model.",
+                param=param,
+                code="wrong_model_type",
+            )
+
+
 async def voice_for(*, model: ResolvedModel, name: str, param: str = "voice") -> VoiceSpec:
     """The model's enabled voice named `name` (its name or an alias). Raises InvalidRequest."""
     available: list[str] = []

@@ -802,3 +802,36 @@ def test_an_upstream_echoing_its_key_never_shows_it(http, model):
         row = audit_row(response.headers["x-request-id"])
         seen = response.text + row.error_message + row.error_code + row.error_type
         assert not [form for form in forms if form in seen], seen
+
+
+def test_a_speech_model_is_not_a_chat_model(make_key, openai_client, upstream):
+    scoped = openai_client(api_key=make_key("whisper-only", allowed_models=["whisper-1"]).secret)
+    before = len(upstream.requests)
+    for client in (scoped, openai_client()):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="whisper-1", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.code == "wrong_model_type" and caught.value.body["param"] == "model"
+    assert len(upstream.requests) == before  # nothing reached the default upstream
+
+
+def test_an_audio_id_belongs_to_the_key_that_made_it(make_key, openai_client, upstream):
+    mine, theirs = (
+        openai_client(api_key=make_key("owner").secret),
+        openai_client(api_key=make_key("other").secret),
+    )
+    first = mine.chat.completions.create(
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    turn = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "audio": {"id": first.choices[0].message.audio.id}},
+        {"role": "user", "content": "And then?"},
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        theirs.chat.completions.create(model="fake-llm", messages=turn)
+    assert caught.value.code == "invalid_audio_id"  # the same answer as an unknown id
+    assert mine.chat.completions.create(model="fake-llm", messages=turn).choices[0].message.content == REPLY
+    assert upstream.last_request["json"]["messages"][1] == {"role": "assistant", "content": REPLY}
