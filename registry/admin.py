@@ -364,7 +364,15 @@ class RequestLogAdmin(admin.ModelAdmin):
         "tts_ms",
     ]
     list_filter = ["status_code", "endpoint", "api_key", "model_names", "streamed", "upstream"]
-    search_fields = ["request_id", "key_prefix", "endpoint", "model_names", "error_message", "upstream"]
+    search_fields = [
+        "request_id",
+        "client_request_id",
+        "key_prefix",
+        "endpoint",
+        "model_names",
+        "error_message",
+        "upstream",
+    ]
     list_select_related = ["api_key"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -91,6 +91,7 @@ class AuditRecord:
     request_id: str
     method: str
     endpoint: str
+    client_request_id: str = ""  # the caller's own id for the work (x-request-id), kept beside ours
     started: float = field(default_factory=time.perf_counter)
     api_key_id: int | None = None
     key_prefix: str = ""
@@ -131,6 +132,7 @@ class AuditRecord:
         error = self.error
         fields = {
             "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
             "api_key_id": self.api_key_id,
             "key_prefix": self.key_prefix,
             "method": self.method,
@@ -167,16 +169,27 @@ def storable(value: Any) -> Any:
 _current: ContextVar[AuditRecord | None] = ContextVar("voiceproxy_audit", default=None)
 
 
-def new_request_id(supplied: str = "") -> str:
-    """The caller's id when it is a sane one, else a new `req_...`."""
-    return supplied if _REQUEST_ID.match(supplied) else f"req_{uuid.uuid4().hex}"
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
 
 
-def open_record(*, method: str, endpoint: str, request_id: str | None = None) -> AuditRecord:
+def client_request_id(supplied: str) -> str:
+    """A caller's own request id, if it is a sane one (kept beside ours, never instead of it)."""
+    return supplied if _REQUEST_ID.match(supplied) else ""
+
+
+def open_record(
+    *, method: str, endpoint: str, request_id: str | None = None, client_request_id: str = ""
+) -> AuditRecord:
     """Start a record and make it current for this context, without an end: the caller must
     `finish()` it. For the HTTP middleware, whose streamed bodies outlive its own call; everyone
     else uses `scope()`."""
-    record = AuditRecord(request_id=request_id or new_request_id(), method=method, endpoint=endpoint[:200])
+    record = AuditRecord(
+        request_id=request_id or new_request_id(),
+        method=method,
+        endpoint=endpoint[:200],
+        client_request_id=client_request_id,
+    )
     _current.set(record)
     return record
 

@@ -297,7 +297,9 @@ class RequestLog(models.Model):
     """One row per /v1/ request, failures and unauthenticated ones included."""
 
     created = models.DateTimeField(default=timezone.now, db_index=True)
-    request_id = models.CharField(max_length=64, db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)  # assigned by the server: unique
+    # What the client sent as x-request-id, if anything: its own trace id, kept beside ours.
+    client_request_id = models.CharField(max_length=64, blank=True, db_index=True)
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
     key_prefix = models.CharField(max_length=keys.PREFIX_LENGTH, blank=True, db_index=True)
     method = models.CharField(max_length=10)

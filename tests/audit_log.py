@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from django.db.models import Q
+
 from registry.models import ApiKey, RequestLog
 
 
@@ -28,8 +30,16 @@ def audit_rows(*, count: int = 1, timeout: float = 5.0, **filters: object) -> li
 
 
 def audit_row(request_id: str, timeout: float = 5.0) -> RequestLog:
-    """The audit row of the request with this x-request-id."""
-    return audit_rows(request_id=request_id, timeout=timeout)[0]
+    """The audit row of the request with this x-request-id: the server's (from the response), or the
+    one the client sent (kept as client_request_id), for requests that got no response."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = RequestLog.objects.filter(Q(request_id=request_id) | Q(client_request_id=request_id)).first()
+        if row is not None:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no audit row for request id {request_id} within {timeout:g} s")
+        time.sleep(0.02)
 
 
 def last_used(key: ApiKey, timeout: float = 5.0) -> datetime:

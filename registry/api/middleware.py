@@ -56,7 +56,8 @@ class AuditMiddleware(_ApiMiddleware):
         record = audit.open_record(
             method=request.method or "",
             endpoint=request.path,
-            request_id=audit.new_request_id(request.headers.get("x-request-id", "")),
+            # The server names every request (ids are unique in the log); a client's own is kept beside.
+            client_request_id=audit.client_request_id(request.headers.get("x-request-id", "")),
         )
         record.bytes_in = content_length(request)
         try:
