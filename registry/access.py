@@ -12,6 +12,7 @@ import asyncio
 import time
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
@@ -29,13 +30,24 @@ def refused(message: str) -> AuthenticationFailed:
     return AuthenticationFailed(message, headers=BEARER_HEADERS)
 
 
-def authenticate(secret: str) -> ApiKey:
+def authenticate(secret: str, *, client: str = "") -> ApiKey:
     """The key whose secret this is, if it is valid now; records it on the current audit scope.
 
-    Blocking (a key not seen since the registry last changed is read from the database): call it
-    off the event loop, or use `aauthenticate`. Raises AuthenticationFailed (unknown, revoked or
-    expired key) and RateLimited (over the key's per-minute limit).
+    `client` (an address) is throttled after VOICEPROXY_AUTH_FAILURES_PER_MINUTE failed checks in a
+    minute: guessing keys must not crowd out valid callers. Blocking (a key not seen since the
+    registry last changed is read from the database): call it off the event loop, or use
+    `aauthenticate`. Raises AuthenticationFailed (unknown, revoked or expired key) and RateLimited
+    (over the key's per-minute limit, or the client's failures).
     """
+    _check_failures(client)
+    try:
+        return _authenticate(secret)
+    except AuthenticationFailed:
+        _count_failure(client)
+        raise
+
+
+def _authenticate(secret: str) -> ApiKey:
     shown = keys.prefix_of(secret) if secret.startswith(keys.SECRET_PREFIX) else ""
     record = audit.current()
     if record is not None:
@@ -58,9 +70,36 @@ def authenticate(secret: str) -> ApiKey:
     return key
 
 
-async def aauthenticate(secret: str) -> ApiKey:
+async def aauthenticate(secret: str, *, client: str = "") -> ApiKey:
     """`authenticate()` from async code: runs it on a thread (contextvars, so the audit scope, go along)."""
-    return await asyncio.to_thread(authenticate, secret)
+    return await asyncio.to_thread(authenticate, secret, client=client)
+
+
+def _failures_counter(client: str, now: float) -> str:
+    return f"voiceproxy:authfail:{client}:{int(now // 60)}"
+
+
+def _check_failures(client: str) -> None:
+    limit = settings.VOICEPROXY_AUTH_FAILURES_PER_MINUTE
+    if not client or not limit:
+        return
+    now = time.time()
+    if (cache.get(_failures_counter(client, now)) or 0) >= limit:
+        raise RateLimited(
+            f"Too many failed API-key checks from {client}; retry after the minute ends.",
+            retry_after=60 - int(now % 60),
+        )
+
+
+def _count_failure(client: str) -> None:
+    if not client or not settings.VOICEPROXY_AUTH_FAILURES_PER_MINUTE:
+        return
+    counter = _failures_counter(client, time.time())
+    cache.add(counter, 0, timeout=120)
+    try:
+        cache.incr(counter)
+    except ValueError:  # expired between add and incr
+        cache.add(counter, 1, timeout=120)
 
 
 def _touch(pk: int, now: datetime) -> None:

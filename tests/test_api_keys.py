@@ -212,3 +212,40 @@ def test_anonymous_access_only_when_the_setting_allows_it_and_only_for_allowed_h
         assert audit_row(foreign.headers["x-request-id"]).status_code == 400
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def throttled_gateway(gateway, tmp_path_factory):
+    server = Server(
+        server_env(VOICEPROXY_AUTH_FAILURES_PER_MINUTE="5"),
+        tmp_path_factory.mktemp("throttled") / "daphne.log",
+    )
+    yield server
+    server.stop()
+
+
+def test_failed_key_checks_are_throttled_per_client_address(throttled_gateway, api_key):
+    import random
+
+    # A loopback address of its own, so no other test's failures count against it.
+    address = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    guesser = httpx.Client(
+        base_url=throttled_gateway.url, transport=httpx.HTTPTransport(local_address=address)
+    )
+    with guesser:
+        responses = [
+            guesser.get("/v1/models", headers={"Authorization": "Bearer vp-guess"}) for _ in range(7)
+        ]
+        valid_from_there = guesser.get("/v1/models", headers={"Authorization": f"Bearer {api_key.secret}"})
+    assert [r.status_code for r in responses] == [401] * 5 + [429] * 2
+    refused = responses[-1]
+    assert (
+        refused.json()["error"]["code"] == "rate_limit_exceeded" and int(refused.headers["retry-after"]) >= 1
+    )
+    assert audit_row(refused.headers["x-request-id"]).status_code == 429
+    assert valid_from_there.status_code == 429  # the address, not the key, is throttled
+    # Another address (this test's own) is served as before.
+    other = httpx.get(
+        f"{throttled_gateway.url}/v1/models", headers={"Authorization": f"Bearer {api_key.secret}"}
+    )
+    assert other.status_code == 200

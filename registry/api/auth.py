@@ -27,7 +27,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise access.refused("The Authorization header must be 'Bearer YOUR_API_KEY'.")
-        return None, access.authenticate(token)
+        # Throttled by the client's address after too many failed checks (registry/access.py).
+        return None, access.authenticate(token, client=request.META.get("REMOTE_ADDR", ""))
 
     def authenticate_header(self, request: Request) -> str:
         # Without it DRF turns a failed authentication into a 403.
