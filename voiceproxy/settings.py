@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -113,6 +114,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "adrf",
     "drf_spectacular",
+    "axes",
     "registry",
     "chat",
 ]
@@ -131,10 +133,20 @@ MIDDLEWARE = [
     "registry.api.site_middleware.SiteAuthenticationMiddleware",
     "registry.api.site_middleware.SiteMessageMiddleware",
     "registry.api.site_middleware.SiteXFrameOptionsMiddleware",
+    # django-axes turns a locked-out admin login into the lockout page; last, as its docs ask.
+    # Not wrapped in SiteOnly: it is async-native, and on /v1/ it is one attribute check (no
+    # thread hop); its own system check looks for it by name.
+    "axes.middleware.AxesMiddleware",
 ]
 # The admin's checks look for Django's session, auth and messages middleware by class; they are
 # there, wrapped by registry.api.site_middleware.SiteOnly.
 SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+
+# django-axes first: it refuses a locked-out client before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 ROOT_URLCONF = "voiceproxy.urls"
 ASGI_APPLICATION = "voiceproxy.asgi.application"
@@ -202,7 +214,35 @@ VOICEPROXY_MODELS_DIR = Path(env_str("VOICEPROXY_MODELS_DIR", str(DATA_DIR / "mo
 VOICEPROXY_AUDIO_TTL = env_int("VOICEPROXY_AUDIO_TTL", 3600, minimum=60)
 VOICEPROXY_MAX_CHOICES = env_int("VOICEPROXY_MAX_CHOICES", 4, minimum=1)
 VOICEPROXY_MAX_TTS_CHARS = env_int("VOICEPROXY_MAX_TTS_CHARS", 4096, minimum=1)
+# A voice chat's spoken reply stops at the last sentence that ends within this many characters
+# (finish_reason "length"): an upstream that rambles cannot hold a worker for minutes.
+VOICEPROXY_MAX_SPOKEN_CHARS = env_int("VOICEPROXY_MAX_SPOKEN_CHARS", 4096, minimum=100)
+# SIGTERM: stop accepting, let in-flight requests finish for up to this many seconds, write every
+# audit row, then exit.
+VOICEPROXY_DRAIN_SECONDS = env_int("VOICEPROXY_DRAIN_SECONDS", 30, minimum=0)
 VOICEPROXY_LOG_LEVEL = env_str("VOICEPROXY_LOG_LEVEL", "INFO").upper()
+# Failed admin logins from one client address before it is locked out, and for how long.
+VOICEPROXY_ADMIN_LOGIN_FAILURES = env_int("VOICEPROXY_ADMIN_LOGIN_FAILURES", 5, minimum=1)
+VOICEPROXY_ADMIN_LOCKOUT_MINUTES = env_int("VOICEPROXY_ADMIN_LOCKOUT_MINUTES", 15, minimum=1)
+
+# --- the admin login lockout: django-axes ---
+# Attempts live in the database (the default handler, migrations in `axes`): every process and
+# `manage.py axes_reset*` see the same counts on SQLite and on PostgreSQL, with or without Redis.
+AXES_FAILURE_LIMIT = VOICEPROXY_ADMIN_LOGIN_FAILURES
+AXES_COOLOFF_TIME = timedelta(minutes=VOICEPROXY_ADMIN_LOCKOUT_MINUTES)
+# Per client address, whatever usernames it tries: that also bounds any (username, address) pair,
+# since axes applies one limit to every parameter set. Never per username alone, or anyone could
+# lock the administrators out from anywhere.
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# Attempts made while locked out are refused without being counted, so the lockout ends when
+# Retry-After says, however often the client retries meanwhile.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "registry.api.site_middleware.admin_lockout_response"
+# The connection's address only (were django-ipware installed, it would read no forwarded
+# header either); behind nginx, daphne --proxy-headers sets REMOTE_ADDR from X-Forwarded-For.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 
 # Django refuses larger bodies itself (RequestDataTooBig); our audit middleware answers first
 # with a 413 in the OpenAI shape, from Content-Length.
