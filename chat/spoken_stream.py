@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+from django.conf import settings
+
 from chat import audio_store, upstream
 from registry import audit
 from registry.errors import OpenAIError, UpstreamError
-from registry.speech import tts
+from registry.speech import tts, workers
+from registry.speech.text import SpokenCap
 
 SPEECH_PARALLELISM = 2  # sentences synthesised at once per choice: the next is ready when one ends
 Payload = dict[str, Any] | str | upstream.Comment
@@ -50,12 +53,21 @@ class _ChoiceVoice:
         self.index = index
         self.audio_id = audio_store.new_id()
         self.transcript: list[str] = []
+        self.cap = SpokenCap(settings.VOICEPROXY_MAX_SPOKEN_CHARS)
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self.emitter = asyncio.create_task(self._emit())
 
-    def text(self, piece: str) -> None:
+    def text(self, piece: str) -> str:
+        """Take the next piece of the reply; returns the part of it within the spoken cap."""
+        piece = self.cap.take(piece)
         self.transcript.append(piece)
-        self.pieces.put_nowait(piece)
+        self._speak(self.cap.sentences)
+        return piece
+
+    def _speak(self, sentences: list[str]) -> None:
+        for sentence in sentences:
+            self.pieces.put_nowait(sentence)
+        sentences.clear()
 
     async def _text(self) -> AsyncIterator[str]:
         while (piece := await self.pieces.get()) is not None:
@@ -63,7 +75,11 @@ class _ChoiceVoice:
 
     async def _emit(self) -> None:
         chunks = tts.speak_stream(
-            v=self.reply.voicing, text=self._text(), response_format="pcm", parallelism=SPEECH_PARALLELISM
+            v=self.reply.voicing,
+            text=self._text(),
+            response_format="pcm",
+            parallelism=SPEECH_PARALLELISM,
+            sentences=True,  # split by the cap as the text came
         )
         try:
             async for data in chunks:
@@ -75,6 +91,7 @@ class _ChoiceVoice:
 
     async def finish(self) -> None:
         """Speak what is left, wait until every audio delta is out, then send the closing audio delta."""
+        self._speak(self.cap.rest())
         self.pieces.put_nowait(None)
         await self.emitter
         text = "".join(self.transcript)
@@ -92,6 +109,13 @@ class _ChoiceVoice:
         self.emitter.cancel()
 
 
+def _capped_note(limit: int) -> str:
+    return (
+        f"voiceproxy: the spoken reply reached its cap of {limit} characters "
+        "(VOICEPROXY_MAX_SPOKEN_CHARS); it ends at the last whole sentence within it"
+    )
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -102,6 +126,7 @@ class SpokenStream:
     def __init__(
         self,
         *,
+        reservation: workers.Reservation,
         owner: str,
         model: str,
         target: upstream.Target,
@@ -111,6 +136,7 @@ class SpokenStream:
         stack: AsyncExitStack,
         started: float,
     ) -> None:
+        self.reservation = reservation
         self.owner = owner
         self.model = model
         self.target = target
@@ -154,6 +180,8 @@ class SpokenStream:
                     if usage.llm_first_token_ms is None:
                         usage.llm_first_token_ms = (time.perf_counter() - self.started) * 1000
                     await self._read_chunk(chunk, finishes, usages)
+                    if self.voices and all(voice.cap.capped for voice in self.voices.values()):
+                        break  # every reply reached the spoken cap: the upstream's rest is not read
             except OpenAIError:
                 # The upstream broke off: speak what the client has already read, then the error.
                 for voice in self.voices.values():
@@ -166,6 +194,10 @@ class SpokenStream:
             # No audio after the chunk that carries finish_reason: each choice's audio ends first.
             for index, voice in sorted(self.voices.items()):
                 await voice.finish()
+                if voice.cap.capped:
+                    usage.reply_capped = True
+                    await self.put(upstream.Comment(_capped_note(voice.cap.limit)))
+                    finishes[index] = self.chunk(index, {}, "length")
                 if index in finishes:
                     await self.put(finishes[index])
             merged = upstream.merged_usage(usages)
@@ -202,7 +234,8 @@ class SpokenStream:
             if delta:  # role, tool_calls, refusal, reasoning: passed through as sent
                 await self.put(self.chunk(index, delta))
             if content:
-                voice.text(content)
+                content = voice.text(content)
+            if content:
                 extra = {"logprobs": choice["logprobs"]} if choice.get("logprobs") is not None else {}
                 await self.put(
                     self.chunk(index, {"audio": {"id": voice.audio_id, "transcript": content}}, **extra)
@@ -212,6 +245,7 @@ class SpokenStream:
 
     async def events(self) -> AsyncIterator[Payload]:
         """The reply's events; an error (the upstream's or speech's) is raised after what came before it."""
+        workers.use(self.reservation)  # here, where the body is produced: its tasks inherit it
         reader = asyncio.create_task(self.read())
         try:
             while (item := await self.out.get()) is not None:

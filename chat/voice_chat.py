@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.core.cache import cache
 
 from chat import audio_store, upstream
@@ -28,7 +29,8 @@ from registry.access import check_model_allowed
 from registry.errors import InvalidAudio, InvalidRequest
 from registry.models import ApiKey
 from registry.resolved import ResolvedModel
-from registry.speech import stt, tts
+from registry.speech import stt, tts, workers
+from registry.speech.text import cap_text
 
 T = TypeVar("T")
 
@@ -176,6 +178,17 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
 
 async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     """Non-streaming: the upstream's completion, each choice's text spoken into `message.audio`."""
+    reserved = workers.reservation() if plan.voicing is not None else None  # 503 before the LLM works
+    try:
+        if reserved is not None:
+            workers.use(reserved)
+        return await _voice_chat(plan)
+    finally:
+        if reserved is not None:
+            workers.release(reserved)
+
+
+async def _voice_chat(plan: ChatPlan) -> dict[str, Any]:
     started = time.perf_counter()
     data = await upstream.complete(plan.target, plan.body)
     usage = audit.usage()
@@ -211,6 +224,10 @@ async def _speak_choice(voicing: tts.Voicing, audio_format: str, choice: dict[st
     text = message.get("content")
     if not isinstance(text, str) or not tts.speakable(text):
         return  # a tool call without text, or nothing speakable: returned as the upstream sent it
+    text, capped = cap_text(text, settings.VOICEPROXY_MAX_SPOKEN_CHARS)
+    if capped:  # said as a reply cut by max_tokens says it; the audit row says why
+        choice["finish_reason"] = "length"
+        audit.usage().reply_capped = True
     data = await tts.speak_whole(v=voicing, text=text, response_format=AUDIO_OUT_FORMATS[audio_format])
     audio_id, expires_at = audio_store.new_id(), audio_store.expiry()
     await audio_store.save(audio_id, text, expires_at, owner=owner)
@@ -228,14 +245,21 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
     plain errors), and returns the events."""
     stack = AsyncExitStack()
     started = time.perf_counter()
+    reserved = None
+    if plan.voicing is not None:
+        # The reply's speech is admitted now, before the 200: a stream that starts can finish, and a
+        # busy server answers 503 with Retry-After up front, not in an error event after the transcript.
+        reserved = workers.reservation()
+        stack.callback(workers.release, reserved)
     try:
         events = await stack.enter_async_context(upstream.stream(plan.target, plan.body))
     except BaseException:
         await stack.aclose()
         raise
-    if plan.voicing is None:
+    if plan.voicing is None or reserved is None:
         return _passthrough(events, stack, started, plan.model, plan.include_usage)
     return SpokenStream(
+        reservation=reserved,
         owner=plan.owner,
         model=plan.model,
         target=plan.target,

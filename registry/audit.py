@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from registry import db_threads
 from registry.errors import OpenAIError, as_openai_error
+from registry.journal import journal
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Usage:
     stt_cache_hits: int = 0
     streamed: bool = False
     client_disconnected: bool = False
+    reply_capped: bool = False  # the spoken reply stopped at VOICEPROXY_MAX_SPOKEN_CHARS
     tokens: dict[str, Any] | None = None  # the upstream's token usage, as it reported it
     spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict, repr=False)
 
@@ -149,9 +151,17 @@ class AuditRecord:
             **usage,
         }
         fields = {name: storable(value) for name, value in fields.items()}
+        journal.ended(fields)  # survives this process; the database's copy comes a moment later
         # An INSERT repeated after a dropped connection may, rarely, log a request twice:
         # better than not at all.
-        return db_threads.background.later(_insert, fields, what=f"write the audit row for {self.request_id}")
+        future = db_threads.background.later(
+            _insert, fields, what=f"write the audit row for {self.request_id}"
+        )
+        # A row that could not be written stays in the journal: the next start writes it.
+        future.add_done_callback(
+            lambda done: journal.written(ok=not done.cancelled() and not done.exception())
+        )
+        return future
 
 
 def storable(value: Any) -> Any:
@@ -189,6 +199,16 @@ def open_record(
         method=method,
         endpoint=endpoint[:200],
         client_request_id=client_request_id,
+    )
+    journal.begun(
+        storable(
+            {
+                "request_id": record.request_id,
+                "client_request_id": record.client_request_id,
+                "method": record.method,
+                "endpoint": record.endpoint,
+            }
+        )
     )
     _current.set(record)
     return record

@@ -152,6 +152,10 @@ class DatabaseUnavailable(ServerBusy):
     code = "database_unavailable"
 
 
+class ShuttingDown(ServerBusy):
+    code = "shutting_down"
+
+
 class ModelUnavailable(OpenAIError):
     status = 503
     type = "server_error"

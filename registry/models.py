@@ -327,6 +327,9 @@ class RequestLog(models.Model):
     stt_cache_hits = models.PositiveIntegerField(default=0)
     streamed = models.BooleanField(default=False)
     client_disconnected = models.BooleanField(default=False)
+    reply_capped = models.BooleanField(
+        default=False, help_text="The spoken reply reached VOICEPROXY_MAX_SPOKEN_CHARS and was cut short."
+    )
     usage = models.JSONField(null=True, blank=True)
 
     class Meta:

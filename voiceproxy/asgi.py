@@ -10,9 +10,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
 # Built before anything imports models: get_asgi_application() sets Django up.
 django_application = get_asgi_application()
 
-from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402 - needs Django set up
+from registry import db_threads, journal  # noqa: E402 - needs Django set up
+from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402
+from voiceproxy.drain import Draining  # noqa: E402
 
-application = ProtocolTypeRouter({"http": ChunkedBodyMiddleware(django_application)})
+application = Draining(ProtocolTypeRouter({"http": ChunkedBodyMiddleware(django_application)}))
+
+# Rows a process that died before writing them left in its journal: written as this one starts.
+db_threads.background.later(journal.recover, what="recover audit rows from the journals of ended processes")
 
 
 def _stop_twisted_parsing_uploads() -> None:

@@ -10,6 +10,8 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from voiceproxy import drain
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +46,8 @@ async def ready(request: HttpRequest) -> HttpResponse:
     if settings.REDIS_URL:
         checks["redis"] = await sync_to_async(_cache_ok, thread_sensitive=False)()
     ok = all(checks.values())
+    if drain.draining():  # shutting down: a load balancer should send no more work here
+        return JsonResponse({"status": "draining", "checks": checks}, status=503)
     return JsonResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
     )

@@ -20,7 +20,8 @@ from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from registry import audit
 from registry.api import is_api
 from registry.api.errors import error_response
-from registry.errors import PayloadTooLarge
+from registry.errors import PayloadTooLarge, ShuttingDown
+from voiceproxy import drain
 
 GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -106,7 +107,10 @@ class ApiGuardMiddleware(_ApiMiddleware):
             response: HttpResponseBase = error_response(exc)
         else:
             size = content_length(request)
-            if size > settings.VOICEPROXY_MAX_BODY_BYTES:
+            if drain.draining():  # arrived on a kept-alive connection after SIGTERM
+                response = error_response(ShuttingDown("The server is shutting down; retry.", retry_after=1))
+                response["Connection"] = "close"
+            elif size > settings.VOICEPROXY_MAX_BODY_BYTES:
                 response = error_response(
                     PayloadTooLarge(
                         f"The request body is {size} bytes; this server accepts at most "

@@ -357,3 +357,47 @@ class SpeakableFilter:
             return None
         spoken = clean_for_speech(piece)
         return spoken if any(c.isalnum() for c in spoken) else None
+
+
+class SpokenCap:
+    """Where a spoken reply stops: after the last whole sentence that ends within `limit` characters.
+
+    Fed the reply's text as it streams (`take`), it passes on the text up to the limit and the
+    sentences completed within it (`sentences`); once the limit is reached it takes nothing more, and
+    the unfinished sentence at the limit is never spoken (`rest` is empty). Uncapped, `rest` gives
+    the sentences left when the text ends.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self.capped = False
+        self._splitter = SentenceSplitter()
+        self.sentences: list[str] = []
+
+    def take(self, piece: str) -> str:
+        """The part of `piece` within the limit (all of it, until the limit is reached)."""
+        if self.capped:
+            return ""
+        room = self.limit - self.taken
+        if len(piece) > room:
+            piece, self.capped = piece[:room], True
+        self.taken += len(piece)
+        self.sentences += self._splitter.feed(piece)
+        return piece
+
+    def rest(self) -> list[str]:
+        return [] if self.capped else self._splitter.flush()
+
+
+def cap_text(text: str, limit: int) -> tuple[str, bool]:
+    """`text`, or when it is longer than `limit` characters, its whole sentences within the limit
+    (as written), and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    cap = SpokenCap(limit)
+    cap.take(text)
+    end = 0
+    for sentence in cap.sentences:
+        end = text.index(sentence, end) + len(sentence)
+    return text[:end], True

@@ -194,7 +194,12 @@ async def _synthesize_sentence(v: Voicing, sentence: _Sentence, slots: asyncio.S
 
 
 async def speak_stream(
-    *, v: Voicing, text: AsyncIterable[str], response_format: str, parallelism: int = 1
+    *,
+    v: Voicing,
+    text: AsyncIterable[str],
+    response_format: str,
+    parallelism: int = 1,
+    sentences: bool = False,
 ) -> AsyncGenerator[bytes]:
     """Speak a growing text: ordered audio chunks in `response_format` (a key of audio.FORMATS).
 
@@ -203,7 +208,8 @@ async def speak_stream(
     (InvalidRequest for a voice or text the engine rejects, ServerBusy, ModelUnavailable) are
     raised where their sentence's audio would have been. Closing the iterator early stops the
     work. The audit scope gets tts_ms (synthesis time), audio_seconds_out and
-    tts_first_audio_ms once. Yields nothing for a text with nothing to speak.
+    tts_first_audio_ms once. Yields nothing for a text with nothing to speak. With `sentences`,
+    each item of `text` is a whole sentence already (split by the caller): spoken as it comes.
     """
     slots = asyncio.Semaphore(parallelism)
     order: asyncio.Queue[_Sentence | BaseException | None] = asyncio.Queue()
@@ -222,7 +228,7 @@ async def speak_stream(
 
         try:
             async for delta in text:
-                start(splitter.feed(delta))
+                start([delta] if sentences else splitter.feed(delta))
             start(splitter.flush())
             order.put_nowait(None)
         except Exception as exc:

@@ -5,6 +5,12 @@ loop. Admission control: at most threads + `VOICEPROXY_QUEUE_LIMIT` calls may be
 waiting; past that, `run` raises ServerBusy (503 with Retry-After) at once instead of queueing
 without bound. A slot is held until the function returns in its thread: a cancelled request's
 inference keeps its thread busy until it ends, and the count says so honestly.
+
+A response that will call the pool after its first byte (a streamed, spoken reply) takes a
+`reservation()` first: one slot, admitted (or refused with 503) before the response begins, that
+its later calls use without being refused again, so a stream that starts can finish. Its calls that
+overlap each other (sentences synthesised in parallel) are admitted past the limit: the overshoot
+is bounded by the number of reservations.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
@@ -46,21 +53,69 @@ def in_flight() -> int:
     return _admitted
 
 
-def _admit() -> None:
+class Reservation:
+    """One pool slot held for a response's later calls (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.idle = True  # no call of ours is using the slot
+
+
+_reservation: ContextVar[Reservation | None] = ContextVar("voiceproxy_reservation", default=None)
+
+
+def reservation() -> Reservation:
+    """Reserve a slot, or raise ServerBusy. `use()` it where the work runs; `release()` it when the
+    response ends."""
     global _admitted
     with _lock:
         if _admitted >= capacity():
-            raise ServerBusy(
-                "The server is at capacity; retry shortly.",
-                retry_after=2,
-            )
+            raise _busy()
         _admitted += 1
+    return Reservation()
 
 
-def _release() -> None:
+def use(reserved: Reservation) -> None:
+    """The pool calls of this context from now on (and of tasks it creates later) use `reserved`."""
+    _reservation.set(reserved)
+
+
+def release(reserved: Reservation) -> None:
+    """Give a reservation's slot back (at once, or when its call still running returns)."""
     global _admitted
     with _lock:
-        _admitted -= 1
+        if not reserved.open:
+            return
+        reserved.open = False
+        if reserved.idle:
+            _admitted -= 1
+
+
+def _busy() -> ServerBusy:
+    return ServerBusy("The server is at capacity; retry shortly.", retry_after=2)
+
+
+def _admit() -> Reservation | None:
+    """Count a call in; returns the reservation whose slot it took, if it took one."""
+    global _admitted
+    reserved = _reservation.get()
+    with _lock:
+        if reserved is not None and reserved.open and reserved.idle:
+            reserved.idle = False
+            return reserved
+        if (reserved is None or not reserved.open) and _admitted >= capacity():
+            raise _busy()
+        _admitted += 1  # a call of its own, or one beside its reservation's (admitted: it was reserved)
+        return None
+
+
+def _release(reserved: Reservation | None) -> None:
+    global _admitted
+    with _lock:
+        if reserved is not None and reserved.open:
+            reserved.idle = True
+        else:
+            _admitted -= 1
 
 
 async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -68,18 +123,18 @@ async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
 
     Raises ServerBusy when the pool and its queue are full.
     """
-    _admit()
+    slot = _admit()
 
     def call() -> T:
         try:
             return fn(*args, **kwargs)
         finally:
-            _release()
+            _release(slot)
 
     future = pool().submit(contextvars.copy_context().run, call)
     # A request cancelled while its call still waits in the queue cancels the call too; then
     # `call` never runs, so the slot is given back here.
-    future.add_done_callback(lambda f: _release() if f.cancelled() else None)
+    future.add_done_callback(lambda f: _release(slot) if f.cancelled() else None)
     return await asyncio.wrap_future(future)
 
 
@@ -94,7 +149,7 @@ class PoolStream(AsyncIterator[T]):
     """
 
     def __init__(self, fn: Callable[..., Iterator[T]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        _admit()
+        slot = _admit()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stop = threading.Event()
@@ -122,11 +177,11 @@ class PoolStream(AsyncIterator[T]):
                     if close is not None:
                         close()  # runs the generator's own cleanup (e.g. leaving model_cache.use) here
                 finally:
-                    _release()
+                    _release(slot)
             push(_END, None)
 
         self._future = pool().submit(contextvars.copy_context().run, produce)
-        self._future.add_done_callback(lambda f: _release() if f.cancelled() else None)
+        self._future.add_done_callback(lambda f: _release(slot) if f.cancelled() else None)
 
     def __aiter__(self) -> PoolStream[T]:
         return self

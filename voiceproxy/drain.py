@@ -1,0 +1,135 @@
+"""Graceful shutdown: on SIGTERM the server drains before it exits.
+
+1. It stops accepting: the listening sockets close (a load balancer's next connect goes elsewhere),
+   `/health/ready` answers 503, and a request that still arrives on an open keep-alive connection
+   gets a 503 with Retry-After (audited like any other).
+2. Requests in flight, streams included, finish: for up to VOICEPROXY_DRAIN_SECONDS. Work whose
+   client has gone is dropped as always (Django cancels the request, and the pool its queued calls).
+3. Every audit row is written (the background database thread is flushed), then the server's own
+   SIGTERM handling stops it. A second SIGTERM stops it at once.
+
+Installed by `Draining` (voiceproxy/asgi.py) when the server is daphne, whether started as README
+says or by a process manager's plain `daphne voiceproxy.asgi:application`; under another ASGI
+server (or in tests) `Draining` only counts requests and the flag is set by `begin()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, cast
+
+from django.conf import settings
+
+from registry import db_threads
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+_state = {"draining": False, "in_flight": 0}
+_idle: asyncio.Event | None = None  # set when draining and nothing is in flight any more
+
+
+def draining() -> bool:
+    return bool(_state["draining"])
+
+
+def in_flight() -> int:
+    return int(_state["in_flight"])
+
+
+class Draining:
+    """ASGI middleware: counts the HTTP requests in flight, and installs the SIGTERM handler when
+    running under daphne's reactor."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        _install_when_running()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        _state["in_flight"] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _state["in_flight"] -= 1
+            if _idle is not None and not _state["in_flight"]:
+                _idle.set()
+
+
+def _install_when_running() -> None:
+    if "twisted.internet.reactor" not in sys.modules:
+        return  # not daphne: its process manager's own signal handling applies
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(_install)  # after the reactor has installed its own handlers
+
+
+def _install() -> None:
+    loop = asyncio.get_event_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if draining():  # a second SIGTERM: stop now
+            _stop(previous, signum, frame)
+            return
+        loop.call_soon_threadsafe(lambda: loop.create_task(_drain(lambda: _stop(previous, signum, frame))))
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _stop(previous: Any, signum: int, frame: FrameType | None) -> None:
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
+def begin() -> None:
+    """Refuse new work from now on (what SIGTERM does first)."""
+    _state["draining"] = True
+
+
+async def _drain(stop: Any) -> None:
+    global _idle
+    begin()
+    _idle = asyncio.Event()
+    if not in_flight():
+        _idle.set()
+    deadline = time.monotonic() + settings.VOICEPROXY_DRAIN_SECONDS
+    closed = _stop_listening()
+    logger.warning(
+        "SIGTERM: draining %d requests for up to %d s (%d listening sockets closed)",
+        in_flight(),
+        settings.VOICEPROXY_DRAIN_SECONDS,
+        closed,
+    )
+    try:
+        await asyncio.wait_for(_idle.wait(), settings.VOICEPROXY_DRAIN_SECONDS)
+    except TimeoutError:
+        logger.warning("drain time is up: %d requests still in flight are cut", in_flight())
+    try:
+        await asyncio.to_thread(db_threads.background.flush, max(1.0, deadline - time.monotonic()))
+    except Exception:  # noqa: BLE001 - a database that hangs must not keep the process alive
+        logger.exception("could not write every audit row before exiting; the journal keeps them")
+    logger.warning("drained; stopping")
+    stop()
+
+
+def _stop_listening() -> int:
+    """Close daphne's listening sockets; returns how many."""
+    from twisted.internet import reactor, tcp, unix
+
+    readers: list[object] = cast(Any, reactor).getReaders()
+    ports = [r for r in readers if isinstance(r, tcp.Port | unix.Port)]
+    for port in ports:
+        port.stopListening()
+    return len(ports)
