@@ -276,6 +276,31 @@ def test_sigterm_drains_streams_in_flight_then_exits(gateway, api_key, upstream,
         server.stop()
 
 
+def test_a_drain_that_runs_out_cuts_what_is_left_and_logs_it(gateway, api_key, upstream, tmp_path):
+    server = Server(server_env(VOICEPROXY_DRAIN_SECONDS="1"), tmp_path / "first.log")
+    try:
+        upstream.hold = True  # the streams cannot finish within the drain time
+        streams = [Stream(server.url, api_key.secret) for _ in range(2)]
+        for stream in streams:
+            assert stream.audio.wait(60) and stream.status == 200
+        server.process.send_signal(signal.SIGTERM)
+        # Cut, and said so, not a crash (tearing down inference in flight used to segfault).
+        assert server.process.wait(timeout=60) == 1
+        assert "stopping with requests cut short" in server.log()
+        upstream.release.set()
+        for stream in streams:
+            assert not stream.join().done
+    finally:
+        server.stop()
+    restarted = Server(server_env(), tmp_path / "second.log")  # the cut requests' rows, from the journal
+    try:
+        for stream in streams:
+            row = audit_row(stream.request_id, timeout=30)
+            assert row.error_code == "interrupted" and row.status_code == 500
+    finally:
+        restarted.stop()
+
+
 @contextmanager
 def _audit_inserts_refused() -> Iterator[None]:
     """A trigger refuses every INSERT into the audit table: the server's rows are not written

@@ -5,8 +5,10 @@
    gets a 503 with Retry-After (audited like any other).
 2. Requests in flight, streams included, finish: for up to VOICEPROXY_DRAIN_SECONDS. Work whose
    client has gone is dropped as always (Django cancels the request, and the pool its queued calls).
-3. Every audit row is written (the background database thread is flushed), then the server's own
-   SIGTERM handling stops it. A second SIGTERM stops it at once.
+3. Every audit row is written (the background database thread is flushed), and the process
+   exits: 0 when everything in flight finished, 1 when the drain time cut requests (their rows are
+   in the audit journal, logged as interrupted at the next start). A second SIGTERM, or SIGINT
+   (Ctrl-C), skips the wait.
 
 Installed by `Draining` (voiceproxy/asgi.py) when the server is daphne, whether started as README
 says or by a process manager's plain `daphne voiceproxy.asgi:application`; under another ASGI
@@ -16,16 +18,18 @@ server (or in tests) `Draining` only counts requests and the flag is set by `beg
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import os
 import signal
 import sys
-import time
 from types import FrameType
 from typing import Any, cast
 
 from django.conf import settings
 
 from registry import db_threads
+from registry.journal import journal
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +78,16 @@ def _install_when_running() -> None:
 
 def _install() -> None:
     loop = asyncio.get_event_loop()
-    previous = signal.getsignal(signal.SIGTERM)
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if draining():  # a second SIGTERM: stop now
-            _stop(previous, signum, frame)
+        if draining() or signum == signal.SIGINT:  # Ctrl-C, or a second SIGTERM: stop now
+            loop.call_soon_threadsafe(_exit, 1 if in_flight() else 0, 5.0, context=contextvars.Context())
             return
-        loop.call_soon_threadsafe(lambda: loop.create_task(_drain(lambda: _stop(previous, signum, frame))))
+        begin()
+        loop.call_soon_threadsafe(lambda: loop.create_task(_drain()), context=contextvars.Context())
 
     signal.signal(signal.SIGTERM, handle)
-
-
-def _stop(previous: Any, signum: int, frame: FrameType | None) -> None:
-    if callable(previous):
-        previous(signum, frame)
-    else:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, handle)
 
 
 def begin() -> None:
@@ -98,13 +95,12 @@ def begin() -> None:
     _state["draining"] = True
 
 
-async def _drain(stop: Any) -> None:
+async def _drain() -> None:
     global _idle
     begin()
     _idle = asyncio.Event()
     if not in_flight():
         _idle.set()
-    deadline = time.monotonic() + settings.VOICEPROXY_DRAIN_SECONDS
     closed = _stop_listening()
     logger.warning(
         "SIGTERM: draining %d requests for up to %d s (%d listening sockets closed)",
@@ -116,12 +112,25 @@ async def _drain(stop: Any) -> None:
         await asyncio.wait_for(_idle.wait(), settings.VOICEPROXY_DRAIN_SECONDS)
     except TimeoutError:
         logger.warning("drain time is up: %d requests still in flight are cut", in_flight())
+    _exit(1 if in_flight() else 0, 10.0)
+
+
+def _exit(code: int, flush_timeout: float) -> None:
+    """Write every audit row there is, then end the process at once.
+
+    Not through the reactor's stop: daphne would cancel what is still in flight while inference
+    threads run, and tearing that down has crashed the interpreter (a segfault in the garbage
+    collector, reproduced with streamed voice chats cut mid-synthesis). The audit journal keeps the
+    rows of requests cut here (they are logged as interrupted when the server starts again).
+    """
     try:
-        await asyncio.to_thread(db_threads.background.flush, max(1.0, deadline - time.monotonic()))
+        db_threads.background.flush(flush_timeout)
     except Exception:  # noqa: BLE001 - a database that hangs must not keep the process alive
         logger.exception("could not write every audit row before exiting; the journal keeps them")
-    logger.warning("drained; stopping")
-    stop()
+    journal.close()
+    logger.warning("drained; stopping" if code == 0 else "stopping with requests cut short")
+    logging.shutdown()
+    os._exit(code)
 
 
 def _stop_listening() -> int:
