@@ -17,6 +17,7 @@ OPENAI_PCM_RATE (24 kHz) in every format.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -171,14 +172,18 @@ class _Sentence:
     done: asyncio.Event = field(default_factory=asyncio.Event)  # emitted: its slot may go to the next
 
 
-async def _synthesize_sentence(v: Voicing, sentence: _Sentence, slots: asyncio.Semaphore, raw: bool) -> None:
+async def _synthesize_sentence(
+    v: Voicing, sentence: _Sentence, slots: asyncio.Semaphore, raw: bool, *, first: bool
+) -> None:
     async with slots:
         started = time.perf_counter()
         items = None
         try:
             # Raw formats are made in the worker (pcm needs no state across sentences); codecs
-            # keep one encoder for the whole stream, fed in order by speak_stream().
-            items = workers.stream(encoded, v, [sentence.text], "pcm" if raw else None)
+            # keep one encoder for the whole stream, fed in order by speak_stream(). The first
+            # sentence leads: it goes before other requests' later sentences.
+            with workers.leading() if first else contextlib.nullcontext():
+                items = workers.stream(encoded, v, [sentence.text], "pcm" if raw else None)
             async for chunk in items:
                 sentence.chunks.put_nowait(chunk)
         except Exception as exc:  # raised by the emitter, in order
@@ -224,7 +229,9 @@ async def speak_stream(
             for text in filter(None, map(speakable_piece, pieces)):
                 sentence = _Sentence(text)
                 order.put_nowait(sentence)
-                tasks.append(asyncio.create_task(_synthesize_sentence(v, sentence, slots, raw)))
+                tasks.append(
+                    asyncio.create_task(_synthesize_sentence(v, sentence, slots, raw, first=not tasks))
+                )
 
         try:
             async for delta in text:
@@ -285,7 +292,8 @@ async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
         return SpeechStream(content_type=audio.FORMATS[response_format], chunks=_once(whole))
     # The whole text is known: one worker speaks and encodes it sentence after sentence.
     started, spoken = time.perf_counter(), _Spoken()
-    items = workers.stream(encoded, v, speakable(text), response_format)
+    with workers.leading():  # its first sentence goes before other requests' later ones
+        items = workers.stream(encoded, v, speakable(text), response_format)
     try:
         first = b""
         while not first:  # the first audio, not a header or an encoder warming up: the voice works
