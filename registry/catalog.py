@@ -31,6 +31,7 @@ def engine_spec(row: SpeechModel) -> EngineSpec:
         device=row.device,
         compute_type=row.compute_type,
         download_root=str(settings.VOICEPROXY_MODELS_DIR),
+        cpu_threads=settings.VOICEPROXY_ENGINE_THREADS,
     )
 
 

@@ -207,6 +207,23 @@ def test_piper_speech_is_understood_by_whisper(piper, whisper):
     assert wer(SENTENCES[0], transcript(whisper, at_16k, language="en")) < 0.2
 
 
+def test_engine_threads_are_set_as_the_spec_says():
+    # The pool's threads times each engine's must not oversubscribe the cores (settings:
+    # VOICEPROXY_ENGINE_THREADS); 0 keeps the library's default.
+    one = engine_class("piper")(spec("piper", piper_voice_path(), cpu_threads=1))
+    assert one.voice.session.get_session_options().intra_op_num_threads == 1
+    default = engine_class("piper")(spec("piper", piper_voice_path()))
+    assert default.voice.session.get_session_options().intra_op_num_threads == 0
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        engine_class("kokoro")(spec("kokoro", tiny_kokoro_dir(), cpu_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_piper_rejects_a_missing_file_and_a_bad_speed(piper, tmp_path):
     with pytest.raises(EngineError):
         engine_class("piper")(spec("piper", tmp_path / "nope.onnx"))

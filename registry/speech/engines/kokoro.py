@@ -80,6 +80,10 @@ class KokoroEngine:
         local = Path(spec.source).expanduser()
         self.local_dir: Path | None = local if local.is_dir() else None
         self.repo_id = _DEFAULT_REPO if self.local_dir else spec.source
+        if spec.cpu_threads > 0 and self.device == "cpu":
+            # torch's intra-op pool is the process's: sized so the worker pool's threads times
+            # torch's do not oversubscribe the cores.
+            torch.set_num_threads(spec.cpu_threads)
         try:
             config, weights = self._model_files()
             self.model = (

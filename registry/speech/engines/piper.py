@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from piper import PiperVoice, SynthesisConfig
+from piper import PiperConfig, PiperVoice, SynthesisConfig
+from piper.phonemize_espeak import ESPEAK_DATA_DIR
 
 from registry.speech.engines.base import EngineError, EngineSpec, Samples, UnknownVoice, VoiceSpec
 
@@ -103,7 +105,7 @@ class PiperEngine:
         if self.device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             raise EngineError("device 'cuda' was asked for, but onnxruntime has no CUDA provider here.")
         try:
-            self.voice = PiperVoice.load(model_path, config_path=config_path, use_cuda=self.device == "cuda")
+            self.voice = _load(model_path, config_path, cuda=self.device == "cuda", threads=spec.cpu_threads)
         except Exception as exc:  # bad JSON, a missing key, an ONNX file onnxruntime rejects
             raise EngineError(f"Could not load Piper voice {spec.source!r}: {exc}") from exc
         self.name = model_path.name.removesuffix(".onnx")  # e.g. "en_US-joe-medium"
@@ -147,3 +149,22 @@ class PiperEngine:
         # A separate generator so that synthesize() validates eagerly, at call time.
         for chunk in self.voice.synthesize(text, syn_config=config):
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
+
+
+def _load(model_path: Path, config_path: Path, *, cuda: bool, threads: int) -> PiperVoice:
+    """PiperVoice.load, but with onnxruntime's threads set (`threads` per call; 0: its default, one
+    per core), so the pool's threads times the engine's do not oversubscribe the cores."""
+    options = onnxruntime.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    cuda_provider = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    providers: list[str | tuple[str, dict[str, str]]] = [cuda_provider] if cuda else ["CPUExecutionProvider"]
+    with open(config_path, encoding="utf-8") as file:
+        config = PiperConfig.from_dict(json.load(file))
+    return PiperVoice(
+        config=config,
+        session=onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=providers),
+        espeak_data_dir=Path(ESPEAK_DATA_DIR),
+        download_dir=Path.cwd(),
+    )
