@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from registry.api.serializers import VoiceField
 
@@ -67,8 +68,20 @@ class ModalitiesField(serializers.Field):
         return value
 
 
+class Base64Field(serializers.CharField):
+    """Megabytes of base64: DRF's CharField would also scan every character for surrogates in a
+    Python loop (holding the GIL for milliseconds per request, bench/bench_load.py); the body's
+    strings are already checked for them at the edge (registry/api/parsers.py), and strict base64
+    decoding refuses anything else."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(trim_whitespace=False, allow_blank=True, **kwargs)
+        validators: list[Any] = super().validators
+        self.validators = [v for v in validators if not isinstance(v, ProhibitSurrogateCharactersValidator)]
+
+
 class InputAudioSerializer(serializers.Serializer):
-    data = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    data = Base64Field()
     format = serializers.ChoiceField(choices=AUDIO_IN_FORMATS)
 
     def validate_data(self, value: str) -> AudioBytes:

@@ -51,6 +51,9 @@ class ChatPlan:
     stream: bool = False
     include_usage: bool = False
     started: float = field(default_factory=time.perf_counter)
+    # A spoken reply's place in the worker pool, taken before any work (see prepare()); released
+    # by voice_chat() or when voice_chat_stream()'s reply ends.
+    reservation: workers.Reservation | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,28 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
             model_param="speech_model",
             voice_param="audio.voice",
         )
+    # A spoken reply is admitted now, before any transcription or LLM work (a 503 with
+    # Retry-After then costs nothing), and keeps its place until its last sentence: a response
+    # that starts can finish. Its transcriptions use the same place.
+    reserved = workers.reservation() if voicing is not None else None
+    if reserved is not None:
+        workers.use(reserved)
+    try:
+        return await _prepare(api_key, params, body, target, voicing, reserved)
+    except BaseException:
+        if reserved is not None:
+            workers.release(reserved)
+        raise
+
+
+async def _prepare(
+    api_key: ApiKey | None,
+    params: dict[str, Any],
+    body: dict[str, Any],
+    target: upstream.Target,
+    voicing: tts.Voicing | None,
+    reserved: workers.Reservation | None,
+) -> ChatPlan:
     messages = copy.deepcopy(body["messages"])
     for i, message in enumerate(params["messages"]):
         audio_ref = message.get("audio")
@@ -173,19 +198,17 @@ async def prepare(*, api_key: ApiKey | None, params: dict[str, Any], body: dict[
         audio_format=params["audio"]["format"] if voicing is not None else "",
         stream=stream,
         include_usage=include_usage,
+        reservation=reserved,
     )
 
 
 async def voice_chat(plan: ChatPlan) -> dict[str, Any]:
     """Non-streaming: the upstream's completion, each choice's text spoken into `message.audio`."""
-    reserved = workers.reservation() if plan.voicing is not None else None  # 503 before the LLM works
     try:
-        if reserved is not None:
-            workers.use(reserved)
         return await _voice_chat(plan)
     finally:
-        if reserved is not None:
-            workers.release(reserved)
+        if plan.reservation is not None:
+            workers.release(plan.reservation)
 
 
 async def _voice_chat(plan: ChatPlan) -> dict[str, Any]:
@@ -245,11 +268,8 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
     plain errors), and returns the events."""
     stack = AsyncExitStack()
     started = time.perf_counter()
-    reserved = None
-    if plan.voicing is not None:
-        # The reply's speech is admitted now, before the 200: a stream that starts can finish, and a
-        # busy server answers 503 with Retry-After up front, not in an error event after the transcript.
-        reserved = workers.reservation()
+    reserved = plan.reservation
+    if reserved is not None:
         stack.callback(workers.release, reserved)
     try:
         events = await stack.enter_async_context(upstream.stream(plan.target, plan.body))

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from django.db import connection
 
+from bench.harness import speech
 from registry.models import RequestLog, Upstream
 from tests.audit_log import audit_row
 from tests.conftest import Server, server_env
@@ -40,6 +42,11 @@ VOICE_CHAT = {
     "audio": {"voice": "alloy", "format": "pcm16"},
     "messages": [{"role": "user", "content": "hi"}],
 }
+
+
+def _audio_part() -> dict[str, Any]:
+    wav = speech.speech("What time does the train leave?")
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
 
 
 def _headers(key: str) -> dict[str, str]:
@@ -154,6 +161,17 @@ def test_a_busy_server_refuses_a_stream_before_its_200_and_admitted_streams_fini
     )
     assert third.status_code == 503, third.text
     assert third.json()["error"]["code"] == "server_busy" and int(third.headers["retry-after"]) >= 1
+    # A spoken question is refused before it is transcribed: no work is wasted on a reply that
+    # could not be spoken.
+    spoken_question = httpx.post(
+        f"{small_server.url}/v1/chat/completions",
+        json={**VOICE_CHAT, "messages": [{"role": "user", "content": [_audio_part()]}]},
+        headers=_headers(api_key.secret),
+        timeout=60,
+    )
+    assert spoken_question.status_code == 503, spoken_question.text
+    refused = audit_row(spoken_question.headers["x-request-id"])
+    assert refused.status_code == 503 and refused.stt_ms is None
     # Work arriving mid-stream is refused too, rather than taking the places the streams need.
     with ThreadPoolExecutor(3) as pool:
         burst = list(

@@ -12,9 +12,12 @@ django_application = get_asgi_application()
 
 from registry import db_threads, journal  # noqa: E402 - needs Django set up
 from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402
+from registry.api.health import LoopHealth  # noqa: E402
 from voiceproxy.drain import Draining  # noqa: E402
 
-application = Draining(ProtocolTypeRouter({"http": ChunkedBodyMiddleware(django_application)}))
+application = Draining(
+    ProtocolTypeRouter({"http": LoopHealth(ChunkedBodyMiddleware(django_application))}),
+)
 
 # Rows a process that died before writing them left in its journal: written as this one starts.
 db_threads.background.later(journal.recover, what="recover audit rows from the journals of ended processes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -16,8 +17,28 @@ logger = logging.getLogger(__name__)
 
 
 async def health(request: HttpRequest) -> HttpResponse:
-    """Answers from the event loop alone: its latency shows whether the loop is free."""
+    """The same answer through Django (under daphne, `LoopHealth` answers first)."""
     return JsonResponse({"status": "ok"})
+
+
+_OK = b'{"status": "ok"}'
+
+
+class LoopHealth:
+    """ASGI middleware answering `GET /health` before Django: from the event loop alone, so its
+    latency shows whether the loop is free (through Django, each request also starts two threads
+    for its thread-sensitive signal handlers, and the loop waits for them: bench/bench_load.py)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/health" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(_OK)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": _OK if scope["method"] == "GET" else b""})
 
 
 def _database_ok() -> bool:
