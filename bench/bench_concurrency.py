@@ -192,12 +192,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="batches per level (default 5)")
     parser.add_argument("--engines", default="piper,kokoro", help="speech engines: piper,kokoro")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=0,
+        help="VOICEPROXY_ENGINE_THREADS for the gateway (0: its default)",
+    )
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     facts, load_before = print_machine()
     wav = speech(STT_TEXT)
-    with FakeUpstream(reply=TEXT, token_delay=0.02) as upstream, Gateway() as gateway:
+    env = {"VOICEPROXY_ENGINE_THREADS": str(args.engine_threads)} if args.engine_threads else {}
+    with FakeUpstream(reply=TEXT, token_delay=0.02) as upstream, Gateway(env=env) as gateway:
         registry: dict[str, object] = {
             "upstreams": [
                 {"name": "bench", "base_url": upstream.base_url, "models": ["bench-llm"], "default": True}

@@ -32,6 +32,8 @@ def engine_spec(row: SpeechModel) -> EngineSpec:
         compute_type=row.compute_type,
         download_root=str(settings.VOICEPROXY_MODELS_DIR),
         cpu_threads=settings.VOICEPROXY_ENGINE_THREADS,
+        shared_threads=settings.VOICEPROXY_ENGINE_THREADS_SHARED,
+        workers=settings.VOICEPROXY_INFERENCE_THREADS,
     )
 
 

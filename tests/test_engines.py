@@ -210,15 +210,25 @@ def test_piper_speech_is_understood_by_whisper(piper, whisper):
 def test_engine_threads_are_set_as_the_spec_says():
     # The pool's threads times each engine's must not oversubscribe the cores (settings:
     # VOICEPROXY_ENGINE_THREADS); 0 keeps the library's default.
-    one = engine_class("piper")(spec("piper", piper_voice_path(), cpu_threads=1))
-    assert one.voice.session.get_session_options().intra_op_num_threads == 1
+    # Piper: a session for calls alone on the CPU, one with fewer threads for calls beside others.
+    piper = engine_class("piper")(spec("piper", piper_voice_path(), cpu_threads=2, shared_threads=1))
+    assert piper.voice.session.get_session_options().intra_op_num_threads == 2
+    assert piper.shared_voice.session.get_session_options().intra_op_num_threads == 1
+    alone = np.concatenate(list(piper.synthesize("Hello there.", voice=VoiceSpec(name="joe"))))
+    crowded = np.concatenate(
+        list(piper.synthesize("Hello there.", voice=VoiceSpec(name="joe"), crowded=True))
+    )
+    assert 0.8 < len(crowded) / len(alone) < 1.25  # the same voice either way (VITS noise aside)
     default = engine_class("piper")(spec("piper", piper_voice_path()))
     assert default.voice.session.get_session_options().intra_op_num_threads == 0
+    assert default.shared_voice is default.voice
     import torch
 
     before = torch.get_num_threads()
     try:
-        engine_class("kokoro")(spec("kokoro", tiny_kokoro_dir(), cpu_threads=1))
+        kokoro = engine_class("kokoro")(spec("kokoro", tiny_kokoro_dir(), cpu_threads=2, shared_threads=1))
+        assert torch.get_num_threads() == 2
+        list(kokoro.synthesize("Hi.", voice=VoiceSpec(name="af_heart"), crowded=True))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

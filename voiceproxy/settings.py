@@ -205,11 +205,13 @@ VOICEPROXY_MAX_BODY_BYTES = env_int("VOICEPROXY_MAX_BODY_BYTES", 26 * 1024 * 102
 VOICEPROXY_MAX_AUDIO_BYTES = env_int("VOICEPROXY_MAX_AUDIO_BYTES", 25 * 1024 * 1024, minimum=1024)
 VOICEPROXY_MAX_AUDIO_SECONDS = env_float("VOICEPROXY_MAX_AUDIO_SECONDS", 1800.0, minimum=1.0)
 VOICEPROXY_INFERENCE_THREADS = env_int("VOICEPROXY_INFERENCE_THREADS", 2, minimum=1)
-# Threads each engine call may use on the CPU (CTranslate2, onnxruntime, torch): by default the
-# cores divided among the worker threads, so that both together do not oversubscribe the machine.
+# CPU threads of one engine call (CTranslate2, onnxruntime, torch): all the cores when it runs alone;
+# when other pool work runs beside it, the cores divided among the worker threads (for the engines
+# that can switch per call: Piper, Kokoro), so that both together do not oversubscribe the machine.
 CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-VOICEPROXY_ENGINE_THREADS = env_int(
-    "VOICEPROXY_ENGINE_THREADS", max(1, CPU_CORES // VOICEPROXY_INFERENCE_THREADS), minimum=1
+VOICEPROXY_ENGINE_THREADS = env_int("VOICEPROXY_ENGINE_THREADS", CPU_CORES, minimum=1)
+VOICEPROXY_ENGINE_THREADS_SHARED = env_int(
+    "VOICEPROXY_ENGINE_THREADS_SHARED", max(1, CPU_CORES // VOICEPROXY_INFERENCE_THREADS), minimum=1
 )
 VOICEPROXY_QUEUE_LIMIT = env_int("VOICEPROXY_QUEUE_LIMIT", 32, minimum=0)
 # Failed API-key checks one client address may make per minute before it gets 429s (0: no limit).

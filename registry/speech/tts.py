@@ -95,7 +95,10 @@ def synthesize_on(engine: TextToSpeech, v: Voicing, sentences: Iterable[str]) ->
     """
     for sentence in sentences:
         try:
-            yield from engine.synthesize(sentence, voice=v.voice, speed=v.speed)
+            # Other units running in the pool beside this one: the engine uses fewer threads.
+            yield from engine.synthesize(
+                sentence, voice=v.voice, speed=v.speed, crowded=workers.running() > 1
+            )
         except UnknownVoice as exc:
             raise InvalidRequest(str(exc), param="voice", code="invalid_voice") from exc
         except EngineError as exc:

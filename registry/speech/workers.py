@@ -167,6 +167,7 @@ class Scheduler:
         self._queue: list[tuple[int, int, int, _Unit]] = []
         self._arrivals = itertools.count()
         self._round = 0  # the round of the unit taken last
+        self.running = 0  # units being run now
         self._flows: dict[int, _Flow] = {}  # by id() of the owner, forgotten when the owner is
         self._closed = False
         self._threads = [
@@ -211,7 +212,12 @@ class Scheduler:
                     return  # what still waits is dropped: nobody is left to read it
                 _, place, _, unit = heapq.heappop(self._queue)
                 self._round = max(self._round, place)
-            unit.step()
+                self.running += 1
+            try:
+                unit.step()
+            finally:
+                with self._cond:
+                    self.running -= 1
 
     def close(self) -> None:
         with self._cond:
@@ -230,6 +236,11 @@ def scheduler() -> Scheduler:
         if _scheduler is None:
             _scheduler = Scheduler(settings.VOICEPROXY_INFERENCE_THREADS)
         return _scheduler
+
+
+def running() -> int:
+    """Units being run in the pool right now (engines use fewer threads when they share the CPU)."""
+    return _scheduler.running if _scheduler is not None else 0
 
 
 def _owner() -> object | None:

@@ -46,7 +46,9 @@ class EngineSpec:
     device: str = "auto"  # "auto", "cpu", "cuda"
     compute_type: str = "auto"
     download_root: str = ""  # where hub downloads go; "" means the library's default
-    cpu_threads: int = 0  # 0: the library's default
+    cpu_threads: int = 0  # CPU threads for a call that has the machine to itself; 0: the library's default
+    shared_threads: int = 0  # ... for a call with other engine work beside it (`crowded`); 0: cpu_threads
+    workers: int = 1  # calls one loaded model may run at once (CTranslate2's num_workers)
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,11 @@ class TextToSpeech(Protocol):
         """Names of the voices found in the model's source."""
         ...
 
-    def synthesize(self, text: str, *, voice: VoiceSpec, speed: float = 1.0) -> Iterator[Samples]:
-        """Speak one piece of text; yields audio chunks as the engine produces them.
+    def synthesize(
+        self, text: str, *, voice: VoiceSpec, speed: float = 1.0, crowded: bool = False
+    ) -> Iterator[Samples]:
+        """Speak one piece of text; yields audio chunks as the engine produces them. `crowded`: other
+        engine work runs beside this call, so it should use `shared_threads` where the engine can.
 
         Raises UnknownVoice when the voice cannot be found.
         """

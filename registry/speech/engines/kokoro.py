@@ -81,8 +81,6 @@ class KokoroEngine:
         self.local_dir: Path | None = local if local.is_dir() else None
         self.repo_id = _DEFAULT_REPO if self.local_dir else spec.source
         if spec.cpu_threads > 0 and self.device == "cpu":
-            # torch's intra-op pool is the process's: sized so the worker pool's threads times
-            # torch's do not oversubscribe the cores.
             torch.set_num_threads(spec.cpu_threads)
         try:
             config, weights = self._model_files()
@@ -238,8 +236,12 @@ class KokoroEngine:
         pipeline.g2p = _LockedG2P(pipeline.g2p, self._g2p_lock)
         return pipeline
 
-    def synthesize(self, text: str, *, voice: VoiceSpec, speed: float = 1.0) -> Iterator[Samples]:
+    def synthesize(
+        self, text: str, *, voice: VoiceSpec, speed: float = 1.0, crowded: bool = False
+    ) -> Iterator[Samples]:
         """Speak `text`, yielding a 24 kHz float32 chunk per pipeline chunk (about a sentence).
+        `crowded`: with other engine work beside it, torch gets `shared_threads` (its intra-op pool is
+        the process's, so this sets it for everyone: the last call to start decides).
 
         The voice is found and loaded before this returns: UnknownVoice when it does not exist,
         EngineError for an unusable voice file, language or speed. Inference happens while the
@@ -249,6 +251,9 @@ class KokoroEngine:
             raise EngineError("speed must be positive.")
         pack = self._pack(voice)
         pipeline = self._pipeline(self._lang_code(voice))
+        threads = self.spec.shared_threads if crowded else self.spec.cpu_threads
+        if threads > 0 and self.device == "cpu" and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         return self._chunks(pipeline, text, pack, speed)
 
     def _chunks(self, pipeline: KPipeline, text: str, pack: torch.Tensor, speed: float) -> Iterator[Samples]:

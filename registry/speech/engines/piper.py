@@ -105,7 +105,16 @@ class PiperEngine:
         if self.device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             raise EngineError("device 'cuda' was asked for, but onnxruntime has no CUDA provider here.")
         try:
-            self.voice = _load(model_path, config_path, cuda=self.device == "cuda", threads=spec.cpu_threads)
+            cuda = self.device == "cuda"
+            self.voice = _load(model_path, config_path, cuda=cuda, threads=spec.cpu_threads)
+            # A second session with fewer threads for calls that share the CPU with other work
+            # (onnxruntime fixes a session's threads when it is made).
+            narrow = spec.shared_threads and spec.shared_threads != spec.cpu_threads and not cuda
+            self.shared_voice = (
+                _load(model_path, config_path, cuda=cuda, threads=spec.shared_threads)
+                if narrow
+                else self.voice
+            )
         except Exception as exc:  # bad JSON, a missing key, an ONNX file onnxruntime rejects
             raise EngineError(f"Could not load Piper voice {spec.source!r}: {exc}") from exc
         self.name = model_path.name.removesuffix(".onnx")  # e.g. "en_US-joe-medium"
@@ -131,8 +140,11 @@ class PiperEngine:
             return self.voice.config.default_speaker_id
         raise UnknownVoice(f"Voice {voice.name!r} is not a speaker of Piper model {self.name!r}.")
 
-    def synthesize(self, text: str, *, voice: VoiceSpec, speed: float = 1.0) -> Iterator[Samples]:
-        """Speak `text`, yielding one float32 chunk per sentence at `sample_rate` as Piper makes it.
+    def synthesize(
+        self, text: str, *, voice: VoiceSpec, speed: float = 1.0, crowded: bool = False
+    ) -> Iterator[Samples]:
+        """Speak `text`, yielding one float32 chunk per sentence at `sample_rate` as Piper makes it;
+        `crowded`, on the session with fewer threads.
 
         Raises UnknownVoice (before any work) for a speaker a multi-speaker model lacks, and
         EngineError for a speed that is not positive.
@@ -143,11 +155,11 @@ class PiperEngine:
         # Scale the voice's own length_scale rather than replace it: some voices ship a tuned
         # value (e.g. 1.1) that is their natural pace at speed 1.
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=self.voice.config.length_scale / speed)
-        return self._chunks(text, config)
+        return self._chunks(self.shared_voice if crowded else self.voice, text, config)
 
-    def _chunks(self, text: str, config: SynthesisConfig) -> Iterator[Samples]:
+    def _chunks(self, voice: PiperVoice, text: str, config: SynthesisConfig) -> Iterator[Samples]:
         # A separate generator so that synthesize() validates eagerly, at call time.
-        for chunk in self.voice.synthesize(text, syn_config=config):
+        for chunk in voice.synthesize(text, syn_config=config):
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
 
 
