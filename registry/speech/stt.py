@@ -187,17 +187,17 @@ async def run(
     samples, duration = await _decode(source)
     audit.usage().audio_seconds_in = duration
 
-    def work() -> tuple[list[Segment], TranscriptionInfo]:
-        with model_cache.stt(model) as engine:
-            segments, info = transcribe_on(
-                engine, samples, model_id=model.model_id, task=task, options=options
-            )
-            # Decoding is lazy: drain the generator here, in the pool, not on the event loop.
-            return list(segments), info
-
     started = time.perf_counter()
-    segments, info = await workers.run(work)
+    # Decoded in the pool a segment (a window, or a batch of pieces) at a time, each its own unit:
+    # a long transcription takes turns with other requests' work instead of holding a thread.
+    items = workers.stream(_produce, model, samples, task, options)
+    try:
+        info = await anext(items)
+        segments = [item async for item in items if isinstance(item, Segment)]
+    finally:
+        items.close()
     audit.usage().span("stt_ms", started)
+    assert isinstance(info, TranscriptionInfo)  # noqa: S101 - _produce() yields it first, always
     return Transcript(
         task=task,
         model_id=model.model_id,
@@ -214,6 +214,16 @@ async def transcribe(*, api_key: ApiKey | None, source: AudioSource, options: St
 
 async def translate(*, api_key: ApiKey | None, source: AudioSource, options: SttOptions) -> Transcript:
     return await run(api_key=api_key, source=source, task="translate", options=options)
+
+
+def _produce(
+    model: ResolvedModel, samples: Samples, task: Task, options: SttOptions
+) -> Iterator[TranscriptionInfo | Segment]:
+    """The info, then the segments as they are decoded (blocking: the pool runs it)."""
+    with model_cache.stt(model) as engine:
+        segments, info = transcribe_on(engine, samples, model_id=model.model_id, task=task, options=options)
+        yield info
+        yield from segments
 
 
 @dataclass
@@ -239,16 +249,8 @@ async def stream(
     samples, duration = await _decode(source)
     audit.usage().audio_seconds_in = duration
 
-    def produce() -> Iterator[TranscriptionInfo | Segment]:
-        with model_cache.stt(model) as engine:
-            segments, info = transcribe_on(
-                engine, samples, model_id=model.model_id, task=task, options=options
-            )
-            yield info
-            yield from segments
-
     started = time.perf_counter()
-    items = workers.stream(produce)
+    items = workers.stream(_produce, model, samples, task, options)
     try:
         info = await anext(items)
     except BaseException:
