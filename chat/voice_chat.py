@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 CONSUMED = ("modalities", "audio", "transcription_model", "speech_model")
 TRANSCRIPT_CACHE_SECONDS = 24 * 3600
+PARTS_AT_ONCE = 2  # a request's audio parts transcribed at once
 # A chunk, an upstream event's text passed through as it came, or an upstream's SSE comment.
 Payload = dict[str, Any] | str | upstream.Comment
 
@@ -87,9 +88,16 @@ def _audio_parts(messages: list[dict[str, Any]]) -> list[_AudioPart]:
 
 
 async def _transcribe(model: ResolvedModel, api_key: ApiKey | None, parts: list[_AudioPart]) -> list[str]:
-    """Each part's transcript, concurrently; resent audio comes from the transcript cache."""
+    """Each part's transcript, two at a time; resent audio comes from the transcript cache. (Two: a
+    request's calls beside its reservation's slot are admitted past the pool's limit, so their
+    number must not grow with the number of parts a client sends.)"""
+    at_once = asyncio.Semaphore(PARTS_AT_ONCE)
 
     async def one(part: _AudioPart) -> str:
+        async with at_once:
+            return await _one(part)
+
+    async def _one(part: _AudioPart) -> str:
         key = f"voiceproxy:stt:{model.model_id}:{part.audio.digest}"
         cached = await cache.aget(key)
         if cached is not None:

@@ -55,23 +55,36 @@ class Journal:
         self._path: Path | None = None
         self._pending = 0  # begun and not yet written to the database
         self._failed = False  # a row could not be written: the journal keeps it for recovery
+        self._broken = False  # the journal could not be opened or written: off, said once
 
     def _open(self) -> int:
         if self._fd is None:
             folder = directory()
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fd, self._path = fd, path
+            name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            # Locked under a name recover() does not look at, then renamed: a process starting
+            # now can never take a live journal for a dead one.
+            scratch = folder / f"{name}.new"
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(scratch, folder / name)
+            except OSError:
+                os.close(fd)
+                scratch.unlink(missing_ok=True)
+                raise
+            self._fd, self._path = fd, folder / name
         return self._fd
 
     def _append(self, entry: dict[str, Any]) -> None:
+        if self._broken:
+            return
         line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
         try:
             os.write(self._open(), line)
         except OSError:
-            logger.exception("could not append to the audit journal")
+            self._broken = True
+            logger.exception("the audit journal is off: rows are still written, but a crash may lose some")
 
     def begun(self, fields: dict[str, Any]) -> None:
         """A request began: `fields` has at least its request_id, method and endpoint."""
@@ -189,7 +202,7 @@ def recover() -> int:
             missing = [RequestLog(**row) for row in missing]
             RequestLog.objects.bulk_create(missing, batch_size=500)
             recovered += len(missing)
-            path.unlink()
+            path.unlink(missing_ok=True)
             if missing:
                 logger.warning("recovered %d audit rows from %s", len(missing), path.name)
         finally:

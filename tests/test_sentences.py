@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from registry.speech.text import SentenceSplitter, clean_for_speech, split_sentences
+from registry.speech.text import SentenceSplitter, SpokenCap, cap_text, clean_for_speech, split_sentences
 
 # --- where a sentence ends ----------------------------------------------------------------------------------
 
@@ -444,3 +444,29 @@ def test_fenced_code_is_not_spoken():
 
     text = "Here is code:\n```python\nprint('x')\nx = 1\n```\nDone. **Bold** move 😀."
     assert speakable(text) == ["Here is code:", "Done.", "Bold move."]
+
+
+# --- the spoken-reply cap ------------------------------------------------------------------------
+
+CAPPED = "The first sentence is short. The second one is a little longer than that. The third ends it."
+
+
+def test_cap_text_keeps_whole_sentences_within_the_limit():
+    assert cap_text(CAPPED, len(CAPPED)) == (CAPPED, False)
+    kept, capped = cap_text(CAPPED, 80)
+    assert capped and kept == "The first sentence is short. The second one is a little longer than that."
+
+
+def test_cap_text_with_no_whole_sentence_in_the_limit_keeps_the_words_within_it():
+    kept, capped = cap_text("word " * 60 + "end.", 100)
+    assert capped and 0 < len(kept) <= 100 and kept.endswith("word")
+
+
+def test_spoken_cap_streams_the_same_cut_as_cap_text():
+    cap = SpokenCap(80)
+    taken = "".join(cap.take(CAPPED[i : i + 7]) for i in range(0, len(CAPPED), 7))
+    assert cap.capped and taken == CAPPED[:80]
+    assert " ".join(cap.sentences + cap.rest()) == cap_text(CAPPED, 80)[0]
+    uncapped = SpokenCap(1000)
+    uncapped.take(CAPPED)
+    assert not uncapped.capped and " ".join(uncapped.sentences + uncapped.rest()) == CAPPED

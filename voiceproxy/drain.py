@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any, cast
 
@@ -108,11 +109,17 @@ async def _drain() -> None:
         settings.VOICEPROXY_DRAIN_SECONDS,
         closed,
     )
+    deadline = time.monotonic() + settings.VOICEPROXY_DRAIN_SECONDS
     try:
         await asyncio.wait_for(_idle.wait(), settings.VOICEPROXY_DRAIN_SECONDS)
     except TimeoutError:
         logger.warning("drain time is up: %d requests still in flight are cut", in_flight())
-    _exit(1 if in_flight() else 0, 10.0)
+    # A response is done for the app when its last byte is handed to daphne; Twisted may still hold
+    # some for a slow client: let it leave (within the drain time, and at least a second).
+    deadline = max(deadline, time.monotonic() + 1.0)
+    while _unsent() and time.monotonic() < deadline:  # noqa: ASYNC110 - Twisted has no event for it
+        await asyncio.sleep(0.05)
+    _exit(1 if in_flight() or _unsent() else 0, 10.0)
 
 
 def _exit(code: int, flush_timeout: float) -> None:
@@ -131,6 +138,14 @@ def _exit(code: int, flush_timeout: float) -> None:
     logger.warning("drained; stopping" if code == 0 else "stopping with requests cut short")
     logging.shutdown()
     os._exit(code)
+
+
+def _unsent() -> bool:
+    """Whether a client connection still has bytes waiting to be written."""
+    from twisted.internet import reactor, tcp
+
+    writers: list[object] = cast(Any, reactor).getWriters()
+    return any(isinstance(w, tcp.Server) for w in writers)
 
 
 def _stop_listening() -> int:

@@ -374,6 +374,7 @@ class SpokenCap:
         self.capped = False
         self._splitter = SentenceSplitter()
         self.sentences: list[str] = []
+        self._whole = 0  # whole sentences found so far
 
     def take(self, piece: str) -> str:
         """The part of `piece` within the limit (all of it, until the limit is reached)."""
@@ -383,11 +384,16 @@ class SpokenCap:
         if len(piece) > room:
             piece, self.capped = piece[:room], True
         self.taken += len(piece)
-        self.sentences += self._splitter.feed(piece)
+        done = self._splitter.feed(piece)
+        self._whole += len(done)
+        self.sentences += done
         return piece
 
     def rest(self) -> list[str]:
-        return [] if self.capped else self._splitter.flush()
+        """What is left to speak at the end: the unfinished sentence when the text ended before the
+        limit, or when not even one whole sentence fit in it (then cut at the limit: something
+        is said); nothing otherwise."""
+        return [] if self.capped and self._whole else self._splitter.flush()
 
 
 def cap_text(text: str, limit: int) -> tuple[str, bool]:
@@ -400,4 +406,7 @@ def cap_text(text: str, limit: int) -> tuple[str, bool]:
     end = 0
     for sentence in cap.sentences:
         end = text.index(sentence, end) + len(sentence)
+    if not end:  # not even one whole sentence fits: the words within the limit
+        cut = text[:limit]
+        return (cut.rsplit(None, 1)[0] if " " in cut.strip() else cut).rstrip(), True
     return text[:end], True

@@ -5,11 +5,13 @@ loop; `stream(fn, ...)` runs a blocking iterator there and yields its items asyn
 
 Scheduling: work is done in small units (a call, or one item of a streamed iterator: a sentence's
 audio, a transcript segment), and a free thread takes the waiting unit that ranks first:
-1. a flow's *leading* unit (the first unit of a request, or one marked by `leading()`, such as a
-   reply's first sentence) before anyone's later units, so a newly arrived request's first sound does
-   not wait behind the tail of another's reply;
-2. then round-robin between flows (requests): each flow's next unit is placed one round after its
-   last, and never before the round being served, so a long reply and a short one take turns;
+1. round-robin between flows (requests): each flow's next unit is placed one round after its last,
+   and never before the round being served, so a long reply and a short one take turns, and a new
+   request's first unit is placed in the round being served;
+2. within a round, a flow's *leading* unit (the first unit of a request, or one marked by
+   `leading()`, such as a reply's first sentence) before later units, so a newly arrived request's
+   first sound does not wait behind the tail of another's reply (and a flood of new requests cannot
+   starve the replies already under way: their units are placed in rounds too);
 3. then in arrival order.
 A streamed iterator gives its thread back after each item and is queued again for its next one.
 
@@ -32,6 +34,7 @@ import asyncio
 import contextvars
 import heapq
 import itertools
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -44,6 +47,8 @@ from django.conf import settings
 
 from registry import audit
 from registry.errors import ServerBusy
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -164,7 +169,7 @@ class Scheduler:
 
     def __init__(self, threads: int) -> None:
         self._cond = threading.Condition()
-        self._queue: list[tuple[int, int, int, _Unit]] = []
+        self._queue: list[tuple[int, int, int, _Unit]] = []  # (round, not leading, arrival, unit)
         self._arrivals = itertools.count()
         self._round = 0  # the round of the unit taken last
         self.running = 0  # units being run now
@@ -184,7 +189,7 @@ class Scheduler:
             if owner is None:
                 first, place = True, self._round
             else:
-                flow = self._flows.get(id(owner))
+                flow = self._flows.get(id(owner))  # a new flow starts at the round being served
                 if flow is None:
                     flow = self._flows[id(owner)] = _Flow()
                     weakref.finalize(owner, self._forget, id(owner))
@@ -192,7 +197,7 @@ class Scheduler:
                 place = max(flow.round + 1, self._round)
                 flow.units += 1
                 flow.round = place
-            heapq.heappush(self._queue, (0 if first else 1, place, next(self._arrivals), unit))
+            heapq.heappush(self._queue, (place, 0 if first else 1, next(self._arrivals), unit))
             self._cond.notify()
 
     def _forget(self, key: int) -> None:
@@ -215,6 +220,8 @@ class Scheduler:
                 self.running += 1
             try:
                 unit.step()
+            except BaseException:  # noqa: BLE001 - a unit's own errors go to its caller; this is a bug
+                logger.exception("a pool unit failed outside its own error handling")
             finally:
                 with self._cond:
                     self.running -= 1
