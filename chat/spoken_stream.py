@@ -53,6 +53,7 @@ class _ChoiceVoice:
         self.index = index
         self.audio_id = audio_store.new_id()
         self.transcript: list[str] = []
+        self.spoken: list[str] = []  # the sentences handed to speech
         self.cap = SpokenCap(settings.VOICEPROXY_MAX_SPOKEN_CHARS)
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self.emitter = asyncio.create_task(self._emit())
@@ -67,6 +68,7 @@ class _ChoiceVoice:
     def _speak(self, sentences: list[str]) -> None:
         for sentence in sentences:
             self.pieces.put_nowait(sentence)
+        self.spoken += sentences
         sentences.clear()
 
     async def _text(self) -> AsyncIterator[str]:
@@ -97,6 +99,8 @@ class _ChoiceVoice:
         text = "".join(self.transcript)
         if not text:
             return
+        if self.cap.capped:  # what a later turn says the assistant said: what was heard
+            text = " ".join(self.spoken)
         expires_at = audio_store.expiry()
         await audio_store.save(self.audio_id, text, expires_at, owner=self.reply.owner)
         await self.reply.put(

@@ -211,6 +211,26 @@ def test_a_streamed_spoken_reply_stops_at_its_cap(small_server, api_key, upstrea
     assert finishes == ["length"]
     row = audit_row(stream.request_id)
     assert row.reply_capped and row.status_code == 200
+    # The next turn's context says what was heard: the whole sentences spoken, not the cut words.
+    audio_id = next(c["delta"]["audio"]["id"] for c in stream.chunks() if c["delta"].get("audio"))
+    upstream.reset()
+    follow_up = httpx.post(
+        f"{small_server.url}/v1/chat/completions",
+        json={
+            **VOICE_CHAT,
+            "modalities": ["text"],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "audio": {"id": audio_id}},
+                {"role": "user", "content": "go on"},
+            ],
+        },
+        headers=_headers(api_key.secret),
+        timeout=60,
+    )
+    assert follow_up.status_code == 200, follow_up.text
+    heard = upstream.last_request["json"]["messages"][1]["content"]
+    assert heard.endswith(".") and LONG_REPLY.startswith(heard) and len(heard) <= len(transcript)
 
 
 def test_a_whole_spoken_reply_stops_at_the_last_sentence_within_its_cap(small_server, api_key, upstream):

@@ -240,8 +240,8 @@ class KokoroEngine:
         self, text: str, *, voice: VoiceSpec, speed: float = 1.0, crowded: bool = False
     ) -> Iterator[Samples]:
         """Speak `text`, yielding a 24 kHz float32 chunk per pipeline chunk (about a sentence).
-        `crowded`: with other engine work beside it, torch gets `shared_threads` (its intra-op pool is
-        the process's, so this sets it for everyone: the last call to start decides).
+        `crowded`: with other engine work beside it, torch gets `shared_threads` (set on the thread
+        that runs each chunk: the pool may move a call between threads from one chunk to the next).
 
         The voice is found and loaded before this returns: UnknownVoice when it does not exist,
         EngineError for an unusable voice file, language or speed. Inference happens while the
@@ -252,17 +252,19 @@ class KokoroEngine:
         pack = self._pack(voice)
         pipeline = self._pipeline(self._lang_code(voice))
         threads = self.spec.shared_threads if crowded else self.spec.cpu_threads
-        if threads > 0 and self.device == "cpu" and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        return self._chunks(pipeline, text, pack, speed)
+        return self._chunks(pipeline, text, pack, speed, threads if self.device == "cpu" else 0)
 
-    def _chunks(self, pipeline: KPipeline, text: str, pack: torch.Tensor, speed: float) -> Iterator[Samples]:
+    def _chunks(
+        self, pipeline: KPipeline, text: str, pack: torch.Tensor, speed: float, threads: int
+    ) -> Iterator[Samples]:
         # The pack goes in as a CPU tensor: KPipeline moves it to the model's device per call and
         # would treat a CUDA tensor as a voice *name*.
         results = pipeline(text, voice=pack, speed=speed, model=self.model)
         while True:
             # inference_mode only around our own next(): it is thread-local and must not leak into
-            # the consumer's code between chunks.
+            # the consumer's code between chunks. The thread count too may act per thread (OpenMP).
+            if threads > 0 and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             with torch.inference_mode():
                 result = next(results, None)
             if result is None:
