@@ -95,29 +95,26 @@ async def _transcribe(model: ResolvedModel, api_key: ApiKey | None, parts: list[
 
     async def one(part: _AudioPart) -> str:
         async with at_once:
-            return await _one(part)
-
-    async def _one(part: _AudioPart) -> str:
-        key = f"voiceproxy:stt:{model.model_id}:{part.audio.digest}"
-        cached = await cache.aget(key)
-        if cached is not None:
-            audit.usage().stt_cache_hits += 1
-            return str(cached)
-        try:
-            result = await stt.run(
-                api_key=api_key,
-                source=part.audio.data,
-                task="transcribe",
-                options=stt.SttOptions(),
-                model=model,
-            )
-        except InvalidAudio as exc:
-            raise InvalidAudio(
-                f"messages[{part.message}].content[{part.part}]: {exc.message}",
-                param=f"messages[{part.message}].content[{part.part}].input_audio.data",
-            ) from exc
-        await cache.aset(key, result.text, timeout=TRANSCRIPT_CACHE_SECONDS)
-        return result.text
+            key = f"voiceproxy:stt:{model.model_id}:{part.audio.digest}"
+            cached = await cache.aget(key)
+            if cached is not None:
+                audit.usage().stt_cache_hits += 1
+                return str(cached)
+            try:
+                result = await stt.run(
+                    api_key=api_key,
+                    source=part.audio.data,
+                    task="transcribe",
+                    options=stt.SttOptions(),
+                    model=model,
+                )
+            except InvalidAudio as exc:
+                raise InvalidAudio(
+                    f"messages[{part.message}].content[{part.part}]: {exc.message}",
+                    param=f"messages[{part.message}].content[{part.part}].input_audio.data",
+                ) from exc
+            await cache.aset(key, result.text, timeout=TRANSCRIPT_CACHE_SECONDS)
+            return result.text
 
     return await _all(one(p) for p in parts)
 

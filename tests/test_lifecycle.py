@@ -16,6 +16,7 @@ import json
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -268,17 +269,12 @@ def _refuses_connections(port: int) -> bool:
 
 
 def _wait(predicate: Any, timeout: float = 30) -> bool:
-    done = threading.Event()
-    deadline = threading.Timer(timeout, done.set)
-    deadline.start()
-    try:
-        while not done.is_set():
-            if predicate():
-                return True
-            done.wait(0.05)
-        return predicate()
-    finally:
-        deadline.cancel()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_sigterm_drains_streams_in_flight_then_exits(gateway, api_key, upstream, tmp_path):

@@ -98,8 +98,7 @@ def begin() -> None:
 
 async def _drain() -> None:
     global _idle
-    begin()
-    _idle = asyncio.Event()
+    _idle = asyncio.Event()  # (the signal handler has already refused new work: begin())
     if not in_flight():
         _idle.set()
     closed = _stop_listening()
