@@ -4,4 +4,5 @@ from chat import views
 
 urlpatterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("realtime/client_secrets", views.ClientSecretsView.as_view(), name="realtime-client-secrets"),
 ]

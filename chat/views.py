@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 
 from chat import upstream, voice_chat
+from chat.realtime import admission
 from chat.serializers import ChatCompletionParams
 from registry.api import sse
 from registry.api.parsers import CheckedJSONParser
@@ -46,3 +47,19 @@ class ChatCompletionsView(APIView):
         completion = await voice_chat.voice_chat(plan)
         # Serialising megabytes of base64 audio is CPU work too.
         return await sync_to_async(JsonResponse, thread_sensitive=False)(completion)
+
+
+class ClientSecretsView(APIView):
+    """POST /v1/realtime/client_secrets: a short-lived secret a browser opens a Realtime session with."""
+
+    parser_classes = [CheckedJSONParser]
+
+    @extend_schema(
+        operation_id="createRealtimeClientSecret",
+        summary="Mint a short-lived client secret (ek_...) for a browser's Realtime session",
+        request=dict,
+        responses={200: dict},
+    )
+    async def post(self, request: Request) -> HttpResponse:
+        body = await request_data(request)
+        return JsonResponse(await admission.mint_secret(api_key=request.auth, data=body or {}))

@@ -49,10 +49,17 @@ def authenticate(secret: str, *, client: str = "") -> ApiKey:
 
 def _authenticate(secret: str) -> ApiKey:
     shown = keys.prefix_of(secret) if secret.startswith(keys.SECRET_PREFIX) else ""
+    return authenticate_hashed(keys.hash_secret(secret), shown=shown)
+
+
+def authenticate_hashed(secret_hash: str, *, shown: str) -> ApiKey:
+    """`authenticate()` for a key known by its hash (a Realtime client secret names the key that
+    minted it this way), with the same checks: revoked, expired, rate limit. `shown` is the prefix
+    logged. Blocking, as `authenticate()`."""
     record = audit.current()
     if record is not None:
         record.key_prefix = shown
-    key = snapshot.current_sync().api_key(keys.hash_secret(secret))
+    key = snapshot.current_sync().api_key(secret_hash)
     if key is None:
         hint = f" ({shown}…)" if shown else ""
         raise refused(f"Incorrect API key provided{hint}.")

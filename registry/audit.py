@@ -16,6 +16,7 @@ milliseconds and in order, and a failed INSERT is logged, never turned into a fa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -64,6 +65,8 @@ class Usage:
     streamed: bool = False
     client_disconnected: bool = False
     reply_capped: bool = False  # the spoken reply stopped at VOICEPROXY_MAX_SPOKEN_CHARS
+    session_id: str = ""  # a Realtime session's id, on its row and its responses'
+    turns: int | None = None  # a Realtime session's user turns
     tokens: dict[str, Any] | None = None  # the upstream's token usage, as it reported it
     spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict, repr=False)
 
@@ -241,6 +244,14 @@ def scope(*, method: str, endpoint: str, request_id: str | None = None) -> Itera
 
 def current() -> AuditRecord | None:
     return _current.get()
+
+
+def detached() -> contextvars.Context:
+    """A copy of this context with no current record: work started in it (a Realtime session's
+    transcriptions, say) records nothing on the record that started it until it opens its own."""
+    context = contextvars.copy_context()
+    context.run(_current.set, None)
+    return context
 
 
 def usage() -> Usage:

@@ -12,10 +12,13 @@
     │   └── ModelNotFound       404  code "model_not_found"
     ├── MethodNotAllowed        405  code "method_not_allowed"
     ├── RateLimited             429  rate_limit_error, Retry-After
+    │   └── TooManySessions     429  code "too_many_sessions" (a key's Realtime sessions)
     ├── InternalError           500  server_error
     ├── UpstreamError           502  upstream_error (or the upstream's own status and body for a 4xx)
     ├── ServerBusy              503  server_error, code "server_busy", Retry-After
-    │   └── DatabaseUnavailable 503  code "database_unavailable" (no answer in time)
+    │   ├── DatabaseUnavailable 503  code "database_unavailable" (no answer in time)
+    │   ├── SessionsFull        503  code "too_many_sessions" (the process's Realtime sessions)
+    │   └── ShuttingDown        503  code "shutting_down" (SIGTERM received)
     ├── ModelUnavailable        503  server_error, code "model_unavailable" (failed to load)
     └── UpstreamTimeout         504  upstream_error, code "upstream_timeout"
 
@@ -127,6 +130,10 @@ class RateLimited(OpenAIError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class TooManySessions(RateLimited):
+    code = "too_many_sessions"
+
+
 class InternalError(OpenAIError):
     status = 500
     type = "server_error"
@@ -150,6 +157,10 @@ class ServerBusy(OpenAIError):
 
 class DatabaseUnavailable(ServerBusy):
     code = "database_unavailable"
+
+
+class SessionsFull(ServerBusy):
+    code = "too_many_sessions"
 
 
 class ShuttingDown(ServerBusy):

@@ -331,6 +331,10 @@ class RequestLog(models.Model):
         default=False, help_text="The spoken reply reached VOICEPROXY_MAX_SPOKEN_CHARS and was cut short."
     )
     usage = models.JSONField(null=True, blank=True)
+    # Realtime: the session a row belongs to (its own row and each of its responses'), and for
+    # the session's row the user turns it heard.
+    session_id = models.CharField(max_length=64, blank=True, db_index=True)
+    turns = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created"]

@@ -1,8 +1,10 @@
 """ASGI entry point: `daphne voiceproxy.asgi:application`."""
 
 import os
+from typing import Any
 
-from channels.routing import ProtocolTypeRouter
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
@@ -10,13 +12,37 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
 # Built before anything imports models: get_asgi_application() sets Django up.
 django_application = get_asgi_application()
 
+from chat.realtime.routing import websocket_urlpatterns  # noqa: E402 - needs Django set up
 from registry import db_threads, journal  # noqa: E402 - needs Django set up
 from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402
 from registry.api.health import LoopHealth  # noqa: E402
 from voiceproxy.drain import Draining  # noqa: E402
 
+
+class _DenialResponses:
+    """Tells the WebSocket app it may refuse a handshake with an HTTP status of its own (ASGI's
+    "websocket.http.response" extension), which daphne learns below."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if _DAPHNE_DENIES:
+            scope = {
+                **scope,
+                "extensions": {**(scope.get("extensions") or {}), "websocket.http.response": {}},
+            }
+        await self.app(scope, receive, send)
+
+
 application = Draining(
-    ProtocolTypeRouter({"http": LoopHealth(ChunkedBodyMiddleware(django_application))}),
+    ProtocolTypeRouter(
+        {
+            "http": LoopHealth(ChunkedBodyMiddleware(django_application)),
+            # /v1/realtime (chat/realtime/): browsers' Origin checked against ALLOWED_HOSTS.
+            "websocket": _DenialResponses(AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))),
+        }
+    ),
 )
 
 # Rows a process that died before writing them left in its journal: written as this one starts.
@@ -46,3 +72,44 @@ def _stop_twisted_parsing_uploads() -> None:
 
 
 _stop_twisted_parsing_uploads()
+
+
+def _teach_daphne_denial_responses() -> bool:
+    """daphne answers every refused WebSocket handshake with 403; a Realtime client must learn
+    whether its key (401), its model (403/404) or the server's room (429/503) was the reason.
+    ASGI's denial-response extension says how an app gives that status; daphne does not implement
+    it, so its reply handler learns it here (the status and a reason phrase; autobahn sends no body)."""
+    try:
+        from autobahn.websocket.types import ConnectionDeny
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # served by another ASGI server (uvicorn and hypercorn implement it)
+        return False
+    if getattr(WebSocketProtocol, "_voiceproxy_denials", False):
+        return True
+    original = WebSocketProtocol.handle_reply
+
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "websocket.http.response.start" and hasattr(self, "handshake_deferred"):
+            headers = {bytes(k).lower(): bytes(v) for k, v in message.get("headers", [])}
+            self._voiceproxy_denial = (
+                int(message["status"]),
+                headers.get(b"x-reason", b"Refused").decode("latin-1"),
+            )
+            return
+        if kind == "websocket.http.response.body":
+            denial = getattr(self, "_voiceproxy_denial", None)
+            if denial is None or message.get("more_body") or not hasattr(self, "handshake_deferred"):
+                return
+            self.handshake_deferred.errback(ConnectionDeny(code=denial[0], reason=denial[1]))
+            del self.handshake_deferred
+            self.server.protocol_disconnected(self)
+            return
+        original(self, message)
+
+    WebSocketProtocol.handle_reply = handle_reply
+    WebSocketProtocol._voiceproxy_denials = True
+    return True
+
+
+_DAPHNE_DENIES = _teach_daphne_denial_responses()

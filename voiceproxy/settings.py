@@ -225,6 +225,11 @@ VOICEPROXY_MAX_TTS_CHARS = env_int("VOICEPROXY_MAX_TTS_CHARS", 4096, minimum=1)
 # A voice chat's spoken reply stops at the last sentence that ends within this many characters
 # (finish_reason "length"): an upstream that rambles cannot hold a worker for minutes.
 VOICEPROXY_MAX_SPOKEN_CHARS = env_int("VOICEPROXY_MAX_SPOKEN_CHARS", 4096, minimum=100)
+# Realtime (/v1/realtime): live sessions at once per process and per key, and how long one may last.
+VOICEPROXY_REALTIME_MAX_SESSIONS = env_int("VOICEPROXY_REALTIME_MAX_SESSIONS", 16, minimum=1)
+VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY = env_int("VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY", 4, minimum=1)
+VOICEPROXY_REALTIME_IDLE_SECONDS = env_int("VOICEPROXY_REALTIME_IDLE_SECONDS", 600, minimum=1)
+VOICEPROXY_REALTIME_MAX_SECONDS = env_int("VOICEPROXY_REALTIME_MAX_SECONDS", 3600, minimum=1)
 # SIGTERM: stop accepting, let in-flight requests finish for up to this many seconds, write every
 # audit row, then exit.
 VOICEPROXY_DRAIN_SECONDS = env_int("VOICEPROXY_DRAIN_SECONDS", 30, minimum=0)

@@ -22,6 +22,7 @@ from registry.speech.engines.base import Samples
 
 __all__ = [
     "FORMATS",
+    "G711_RATE",
     "OPENAI_PCM_RATE",
     "Pcm",
     "AudioError",
@@ -32,6 +33,8 @@ __all__ = [
     "encode_whole",
     "probe_duration",
     "from_s16le",
+    "g711_decode",
+    "g711_encode",
     "resample",
     "s16le",
     "seconds",
@@ -372,3 +375,31 @@ def encode_whole(samples: Samples, fmt: str, *, input_rate: int, output_rate: in
     except av.error.FFmpegError as exc:
         raise AudioError(f"Could not encode the audio as {fmt}.") from exc
     return buffer.getvalue()
+
+
+G711_RATE: Final = 8_000
+_G711_CODECS: Final = {"pcmu": "pcm_mulaw", "pcma": "pcm_alaw"}
+
+
+def g711_encode(samples: Samples, law: str) -> bytes:
+    """8 kHz float samples as G.711 bytes (`law`: "pcmu" for mu-law, "pcma" for A-law), the
+    telephony formats of a Realtime session. One byte per sample: chunks concatenate."""
+    if not len(samples):
+        return b""
+    codec = av.CodecContext.create(_G711_CODECS[law], "w")
+    codec.sample_rate, codec.layout, codec.format = G711_RATE, "mono", "s16"
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    frame.sample_rate = G711_RATE
+    return b"".join(bytes(packet) for packet in codec.encode(frame))
+
+
+def g711_decode(data: bytes, law: str) -> Samples:
+    """G.711 bytes (mu-law "pcmu" or A-law "pcma") as 8 kHz float samples."""
+    if not data:
+        return np.zeros(0, dtype=np.float32)
+    codec = av.CodecContext.create(_G711_CODECS[law], "r")
+    codec.sample_rate, codec.layout = G711_RATE, "mono"
+    frames = codec.decode(av.Packet(bytes(data)))
+    pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames])
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -169,6 +169,7 @@ class _Sentence:
     None (or an error)."""
 
     text: str
+    given: str  # the piece as the caller gave it (before markdown and emoji were taken out)
     chunks: asyncio.Queue[tuple[int, Samples | bytes] | BaseException | None] = field(
         default_factory=asyncio.Queue
     )
@@ -208,6 +209,7 @@ async def speak_stream(
     response_format: str,
     parallelism: int = 1,
     sentences: bool = False,
+    on_spoken: Callable[[str, int], None] | None = None,
 ) -> AsyncGenerator[bytes]:
     """Speak a growing text: ordered audio chunks in `response_format` (a key of audio.FORMATS).
 
@@ -218,6 +220,8 @@ async def speak_stream(
     work. The audit scope gets tts_ms (synthesis time), audio_seconds_out and
     tts_first_audio_ms once. Yields nothing for a text with nothing to speak. With `sentences`,
     each item of `text` is a whole sentence already (split by the caller): spoken as it comes.
+    `on_spoken(piece, samples)` is called once a sentence's audio has all been yielded, with the
+    piece as given and its length at OUTPUT_RATE (a Realtime reply maps heard audio back to text).
     """
     slots = asyncio.Semaphore(parallelism)
     order: asyncio.Queue[_Sentence | BaseException | None] = asyncio.Queue()
@@ -229,8 +233,11 @@ async def speak_stream(
         splitter, speakable_piece = SentenceSplitter(), SpeakableFilter()
 
         def start(pieces: list[str]) -> None:
-            for text in filter(None, map(speakable_piece, pieces)):
-                sentence = _Sentence(text)
+            for piece in pieces:
+                text = speakable_piece(piece)
+                if not text:
+                    continue
+                sentence = _Sentence(text, piece)
                 order.put_nowait(sentence)
                 tasks.append(
                     asyncio.create_task(_synthesize_sentence(v, sentence, slots, raw, first=not tasks))
@@ -252,16 +259,20 @@ async def speak_stream(
         while (sentence := await order.get()) is not None:
             if isinstance(sentence, BaseException):
                 raise sentence
+            length = 0
             while (chunk := await sentence.chunks.get()) is not None:
                 if isinstance(chunk, BaseException):
                     raise chunk
                 samples, piece = chunk
+                length += samples
                 if not isinstance(piece, bytes):  # a codec's stream: one encoder, fed in order
                     assert encoder is not None  # noqa: S101 - only codec formats send samples
                     piece = await workers.run(encoder.encode, piece)
                 if spoken.sent(samples, piece):
                     yield piece
             sentence.done.set()
+            if on_spoken is not None:
+                on_spoken(sentence.given, length)
         if encoder is not None:
             tail = await workers.run(encoder.close)
             if tail:

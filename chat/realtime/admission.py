@@ -1,0 +1,194 @@
+"""Who may open a Realtime session, on which model, and whether there is room for it.
+
+    admit()          a handshake's key (Bearer header, `openai-insecure-api-key.` subprotocol, or a
+                     client secret), model and intent -> an `Admission`, or an OpenAIError whose
+                     status the handshake is refused with
+    mint_secret()    POST /v1/realtime/client_secrets: a short-lived `ek_` secret for a browser,
+                     standing for the key that minted it and the session it configured
+
+Client secrets live in Django's cache (Redis when configured, so every replica knows them) under
+the hash of their value; the key they stand for is checked again (revoked, expired, rate) when used.
+Concurrent sessions are counted per process, and per key within the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+
+from chat import upstream
+from chat.realtime.config import Kind, SessionConfig, new_config
+from chat.realtime.conversation import new_id
+from registry import access, catalog
+from registry.errors import InvalidRequest, SessionsFull, TooManySessions
+from registry.models import ApiKey
+from registry.speech import workers
+
+SUBPROTOCOL_KEY = "openai-insecure-api-key."
+CLIENT_SECRET_PREFIX = "ek_"
+SECRET_SECONDS_DEFAULT = 600
+SECRET_SECONDS_RANGE = (10, 7200)
+
+_sessions = Counter[str]()  # open sessions by key prefix ("" for anonymous), in this process
+
+
+@dataclass
+class Admission:
+    api_key: ApiKey | None
+    config: SessionConfig
+    subprotocol: str | None
+    defaults: dict[str, Any] = field(default_factory=dict)  # a client secret's session, applied first
+    reservation: workers.Reservation | None = None
+    _counted: str | None = None
+
+    def release(self) -> None:
+        """Give the session's place back (once)."""
+        if self._counted is not None:
+            _sessions[self._counted] -= 1
+            if _sessions[self._counted] <= 0:
+                del _sessions[self._counted]
+            self._counted = None
+        if self.reservation is not None:
+            workers.release(self.reservation)
+            self.reservation = None
+
+
+def open_sessions() -> int:
+    return sum(_sessions.values())
+
+
+def _secret_key(value: str) -> str:
+    return "voiceproxy:realtime-secret:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _token(headers: dict[str, str], subprotocols: list[str]) -> tuple[str, str | None]:
+    """The key the client sent, and the subprotocol to answer with (a browser must get one of its own)."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    chosen = None
+    for protocol in subprotocols:
+        if protocol.startswith(SUBPROTOCOL_KEY) and not token:
+            token, scheme = protocol[len(SUBPROTOCOL_KEY) :], "bearer"
+        elif not protocol.startswith(SUBPROTOCOL_KEY) and chosen is None:
+            chosen = protocol  # "realtime", as OpenAI's browser examples offer
+    if headers.get("authorization") and (scheme.lower() != "bearer" or not token.strip()):
+        raise access.refused("The Authorization header must be 'Bearer YOUR_API_KEY'.")
+    return token.strip(), chosen
+
+
+async def _key(token: str, client: str) -> tuple[ApiKey | None, dict[str, Any]]:
+    if not token:
+        if settings.VOICEPROXY_ALLOW_ANONYMOUS:
+            return None, {}
+        raise access.refused(
+            "You didn't provide an API key. Send 'Authorization: Bearer YOUR_API_KEY', the subprotocol "
+            f"'{SUBPROTOCOL_KEY}YOUR_API_KEY', or a client secret from /v1/realtime/client_secrets."
+        )
+    if not token.startswith(CLIENT_SECRET_PREFIX):
+        return await access.aauthenticate(token, client=client), {}
+    minted = await cache.aget(_secret_key(token))
+    if not isinstance(minted, dict) or minted["expires_at"] <= time.time():
+        raise access.refused("The client secret is unknown or has expired.")
+    if minted["key_hash"] is None:
+        return None, minted["session"]
+    key = await asyncio.to_thread(access.authenticate_hashed, minted["key_hash"], shown=minted["prefix"])
+    return key, minted["session"]
+
+
+async def admit(
+    *, headers: dict[str, str], subprotocols: list[str], query: dict[str, str], client: str
+) -> Admission:
+    """Check a handshake. Raises AuthenticationFailed (401), PermissionDenied (403), ModelNotFound
+    (404), InvalidRequest (400), RateLimited (429: the key's sessions) and ServerBusy (503)."""
+    token, subprotocol = _token(headers, subprotocols)
+    api_key, defaults = await _key(token, client)
+    kind: Kind = "transcription" if query.get("intent") == "transcription" else "realtime"
+    if defaults.get("type") == "transcription":
+        kind = "transcription"
+    model = query.get("model") or defaults.get("model") or ""
+    if kind == "realtime":
+        if not model:
+            raise InvalidRequest(
+                "Name the chat model: /v1/realtime?model=NAME.", param="model", code="missing_model"
+            )
+        await check_model(api_key, model)
+    config = new_config(
+        session_id=new_id("sess"),
+        model=model,
+        kind=kind,
+        max_seconds=settings.VOICEPROXY_REALTIME_MAX_SECONDS,
+    )
+    admission = Admission(api_key=api_key, config=config, subprotocol=subprotocol, defaults=defaults)
+    who = api_key.prefix if api_key is not None else ""
+    if open_sessions() >= settings.VOICEPROXY_REALTIME_MAX_SESSIONS:
+        raise SessionsFull(
+            f"This server holds its maximum of {settings.VOICEPROXY_REALTIME_MAX_SESSIONS} Realtime sessions; retry shortly.",
+            retry_after=5,
+        )
+    if _sessions[who] >= settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY:
+        raise TooManySessions(
+            f"This key already holds {settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY} Realtime sessions "
+            "on this server; close one first.",
+            retry_after=5,
+        )
+    # The session's place in the worker pool: its transcriptions and speech are never refused midway.
+    admission.reservation = workers.reservation()
+    _sessions[who] += 1
+    admission._counted = who
+    return admission
+
+
+async def check_model(api_key: ApiKey | None, model: str, *, param: str = "model") -> upstream.Target:
+    """A chat model this key may use, routed (ModelNotFound, PermissionDenied, InvalidRequest)."""
+    await catalog.check_chat_model(model, param=param)
+    access.check_model_allowed(api_key, [model], param=param)
+    return await upstream.route(model)
+
+
+async def mint_secret(*, api_key: ApiKey | None, data: Any) -> dict[str, Any]:
+    """POST /v1/realtime/client_secrets: `{expires_after: {anchor, seconds}, session}` -> `{value,
+    expires_at, session}`. The session is checked as a `session.update` would be (InvalidRequest)."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", param="body")
+    expires = data.get("expires_after") or {}
+    if not isinstance(expires, dict):
+        raise InvalidRequest("'expires_after' must be an object.", param="expires_after")
+    if expires.get("anchor", "created_at") != "created_at":
+        raise InvalidRequest("'expires_after.anchor' must be created_at.", param="expires_after.anchor")
+    seconds = expires.get("seconds", SECRET_SECONDS_DEFAULT)
+    low, high = SECRET_SECONDS_RANGE
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
+        raise InvalidRequest(
+            f"'expires_after.seconds' must be from {low} to {high}.", param="expires_after.seconds"
+        )
+    session = data.get("session") or {"type": "realtime"}
+    if not isinstance(session, dict):
+        raise InvalidRequest("'session' must be an object.", param="session")
+    kind: Kind = "transcription" if session.get("type") == "transcription" else "realtime"
+    model = session.get("model") or ""
+    if kind == "realtime" and model:
+        await check_model(api_key, model, param="session.model")
+    expires_at = int(time.time()) + seconds
+    config = new_config(
+        session_id=new_id("sess"),
+        model=model,
+        kind=kind,
+        max_seconds=settings.VOICEPROXY_REALTIME_MAX_SECONDS,
+    )
+    config = config.updated(session)  # InvalidRequest naming the field
+    value = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)
+    minted = {
+        "key_hash": api_key.secret_hash if api_key is not None else None,
+        "prefix": api_key.prefix if api_key is not None else "",
+        "session": session,
+        "expires_at": expires_at,
+    }
+    await cache.aset(_secret_key(value), minted, timeout=seconds)
+    return {"value": value, "expires_at": expires_at, "session": config.render()}

@@ -1,0 +1,816 @@
+"""One Realtime session: client events in, server events out, with no knowledge of the socket.
+
+`RealtimeSession.receive(text)` handles one client event; `send` (given by the edge) carries each
+server event out; `close()` stops everything the session started. A bad event is answered with an
+`error` event naming it (`event_id`) and its parameter, and the session goes on.
+
+Work runs in tasks of the session's own context (no audit record current, the session's worker-pool
+reservation in use): the VAD, the transcription of each turn while it is spoken, each response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from django.conf import settings
+
+from chat.realtime import admission
+from chat.realtime.config import (
+    FORMAT_RATES,
+    SessionConfig,
+    max_output_tokens,
+    modalities,
+    tool_choice,
+    tools,
+    voice,
+)
+from chat.realtime.conversation import Conversation, Item, new_id
+from chat.realtime.response import Response, ResponsePlan
+from chat.realtime.turns import InputAudio, SpeechProbe, TurnDetector, TurnTranscript
+from registry import audit
+from registry.errors import InvalidAudio, InvalidRequest, OpenAIError
+from registry.models import ApiKey
+from registry.resolved import ResolvedModel
+from registry.speech import audio, stt, tts, workers
+from registry.speech.engines.base import Samples
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+MAX_APPEND_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one append
+MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
+MIN_TRANSCRIBED_MS = 100
+
+
+class EventError(InvalidRequest):
+    """A client event that cannot be handled: answered with an `error` event, the session goes on."""
+
+
+def _b64(value: Any, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise EventError(f"'{param}' must be base64-encoded audio.", param=param, code="invalid_type")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EventError(f"'{param}' is not valid base64.", param=param, code="invalid_value") from exc
+
+
+def decode_input(data: bytes, fmt: str) -> Samples:
+    """Client audio in the session's format as float samples at its rate. Blocking (G.711: PyAV)."""
+    if fmt == "pcm":
+        return audio.from_s16le(data)
+    return audio.g711_decode(data, fmt)
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        *,
+        admitted: admission.Admission,
+        record: audit.AuditRecord,
+        send: Send,
+        close: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self.admitted = admitted
+        self.api_key: ApiKey | None = admitted.api_key
+        self.config: SessionConfig = admitted.config
+        self.record = record
+        self._send = send
+        self._close = close
+        self.conversation = Conversation()
+        self.voicing: tts.Voicing | None = None
+        self.stt_model: ResolvedModel | None = None
+        self.response: Response | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        self.started = time.monotonic()
+        self.last_event = time.monotonic()
+        self.audio_in_s = 0.0
+        self.turns = 0
+        self._new_input()
+        # Tasks run in a context of their own: no audit record current (a response opens its own),
+        # and the session's reservation in the worker pool used by every call.
+        self.context = audit.detached()
+        if admitted.reservation is not None:
+            self.context.run(workers.use, admitted.reservation)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine, context=self.context.copy())
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("realtime session %s: a task failed", self.config.id, exc_info=task.exception())
+
+    async def send(self, event: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        await self._send({"event_id": new_id("event"), **event})
+
+    async def error(self, exc: OpenAIError, event_id: str | None = None) -> None:
+        await self.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": exc.type,
+                    "code": None if exc.code is None else str(exc.code),
+                    "message": exc.message,
+                    "param": exc.param,
+                    "event_id": event_id,
+                },
+            }
+        )
+
+    def _new_input(self) -> None:
+        rate = FORMAT_RATES[self.config.input_format]
+        self.buffer = InputAudio(rate)
+        self.probe = SpeechProbe(rate)
+        vad = self.config.turn_detection
+        self.detector = (
+            TurnDetector(
+                threshold=vad["threshold"],
+                prefix_padding_ms=vad["prefix_padding_ms"],
+                silence_duration_ms=vad["silence_duration_ms"],
+                clock_ms=self.buffer.end_ms,
+            )
+            if vad
+            else None
+        )
+        self.turn: TurnTranscript | None = None
+        self.turn_item: str | None = None
+        self.listening: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Apply a client secret's session, then say `session.created`."""
+        self.record.usage.session_id = self.config.id
+        if self.admitted.defaults:
+            self.config = self.config.updated(self.admitted.defaults)
+            self._new_input()
+        await self._resolve(self.config, changed_voice=True, changed_stt=True)
+        await self.send({"type": "session.created", "session": self.config.render()})
+        self.spawn(self._watch())
+
+    async def _watch(self) -> None:
+        """Idle and maximum durations: the session ends with an error event saying which."""
+        idle, longest = settings.VOICEPROXY_REALTIME_IDLE_SECONDS, settings.VOICEPROXY_REALTIME_MAX_SECONDS
+        while True:
+            now = time.monotonic()
+            busy = self.response is not None
+            if not busy and now - self.last_event >= idle:
+                reason = f"The session was idle for {idle} s and has been closed."
+                code = "session_idle_timeout"
+                break
+            if now - self.started >= longest:
+                reason, code = f"The session reached its maximum duration of {longest} s.", "session_expired"
+                break
+            await asyncio.sleep(
+                max(0.05, min(idle - (now - self.last_event), longest - (now - self.started), 5.0))
+            )
+        error = InvalidRequest(reason, code=code)
+        self.record.fail(error)
+        await self.error(error)
+        await self._close(1000)
+
+    async def close(self) -> None:
+        """The socket closed: stop all work and write the session's row."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.response is not None:
+            self.response.cancel("closed")
+        if self.turn is not None:
+            self.turn.cancel()
+        others = [task for task in self.tasks if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        usage = self.record.usage
+        usage.audio_seconds_in = round(self.audio_in_s, 3)
+        usage.turns = self.turns
+        usage.streamed = True
+        self.admitted.release()
+        self.record.finish(self.record.error.status if self.record.error else 200)
+
+    # --- client events --------------------------------------------------------------------------
+
+    async def receive(self, text: str | bytes) -> None:
+        self.last_event = time.monotonic()
+        event_id = None
+        try:
+            try:
+                event = json.loads(text)
+            except ValueError as exc:
+                raise EventError("The event is not valid JSON.", code="invalid_json") from exc
+            if not isinstance(event, dict):
+                raise EventError("An event must be a JSON object.", code="invalid_event")
+            event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            kind = event.get("type")
+            handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise EventError(
+                    f"Invalid value: '{kind}'. Unknown client event type.", param="type", code="invalid_value"
+                )
+            if self.config.kind == "transcription" and kind.startswith(
+                ("response.", "conversation.item.truncate")
+            ):
+                raise EventError(
+                    "A transcription session makes no responses.", param="type", code="invalid_value"
+                )
+            await handler(self, event)
+        except OpenAIError as exc:
+            await self.error(exc, event_id)
+
+    def _field(self, event: dict[str, Any], name: str) -> Any:
+        if name not in event:
+            raise EventError(
+                f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
+            )
+        return event[name]
+
+    async def _session_update(self, event: dict[str, Any]) -> None:
+        new = self.config.updated(self._field(event, "session"))
+        old = self.config
+        if new.model != old.model:
+            await admission.check_model(self.api_key, new.model, param="session.model")
+        await self._resolve(
+            new,
+            changed_voice=(new.voice, new.speech_model) != (old.voice, old.speech_model),
+            changed_stt=new.transcription != old.transcription,
+        )
+        self.config = new
+        if (new.input_format, new.turn_detection) != (old.input_format, old.turn_detection):
+            self._new_input()
+        await self.send({"type": "session.updated", "session": self.config.render()})
+
+    async def _resolve(self, config: SessionConfig, *, changed_voice: bool, changed_stt: bool) -> None:
+        if changed_stt or self.stt_model is None:
+            name = (config.transcription or {}).get("model")
+            self.stt_model = await stt.resolve(
+                api_key=self.api_key, name=name, param="session.audio.input.transcription.model"
+            )
+        if config.kind == "realtime" and (changed_voice or self.voicing is None):
+            self.voicing = await self._voicing(config, config.voice, config.speed)
+
+    async def _voicing(self, config: SessionConfig, name: str | None, speed: float) -> tts.Voicing:
+        return await tts.voicing(
+            api_key=self.api_key,
+            model=config.speech_model,
+            voice=name,
+            speed=speed,
+            model_param="session.speech_model",
+            voice_param="session.audio.output.voice",
+        )
+
+    async def _append(self, event: dict[str, Any]) -> None:
+        data = _b64(self._field(event, "audio"), "audio")
+        if len(data) > MAX_APPEND_BYTES:
+            raise EventError(f"An append may carry at most {MAX_APPEND_BYTES} bytes of audio.", param="audio")
+        fmt = self.config.input_format
+        try:
+            samples = decode_input(data, fmt) if fmt == "pcm" else await workers.run(decode_input, data, fmt)
+        except audio.AudioError as exc:
+            raise EventError(str(exc), param="audio", code="invalid_audio") from exc
+        if self.buffer.end_ms - self.buffer.start_ms > settings.VOICEPROXY_MAX_AUDIO_SECONDS * 1000:
+            raise EventError(
+                "The input audio buffer is full: commit or clear it.",
+                param="audio",
+                code="input_audio_buffer_full",
+            )
+        self.buffer.append(samples)
+        self.audio_in_s += len(samples) / self.buffer.rate
+        if self.detector is not None:
+            self.probe.feed(samples)
+            if self.listening is None or self.listening.done():
+                self.listening = self.spawn(self._listen())
+
+    async def _listen(self) -> None:
+        """Score the audio as it arrives and act on what the VAD hears, in order."""
+        while probabilities := await self.probe.probabilities():
+            detector = self.detector
+            if detector is None:
+                return
+            for probability in probabilities:
+                for kind, ms in detector.push(probability):
+                    await self._turn_event(kind, ms)
+
+    async def _turn_event(self, kind: str, ms: float) -> None:
+        vad = self.config.turn_detection or {}
+        if kind == "started":
+            item_id = new_id("item")
+            start = max(ms, self.buffer.start_ms)
+            self.turn_item = item_id
+            self.turn = TurnTranscript(self.buffer, start, self._transcribe, prompt=self._prompt())
+            await self.send(
+                {
+                    "type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": int(start),
+                    "item_id": item_id,
+                }
+            )
+            if self.response is not None and vad.get("interrupt_response", True):
+                self.response.cancel("turn_detected")  # barge-in
+        elif kind == "pause" and self.turn is not None:
+            self.turn.cut(ms)
+        elif kind == "stopped" and self.turn is not None and self.turn_item is not None:
+            turn, item_id = self.turn, self.turn_item
+            self.turn, self.turn_item = None, None
+            await self.send(
+                {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(ms), "item_id": item_id}
+            )
+            await self._commit(item_id, turn, ms, respond=bool(vad.get("create_response", True)))
+
+    def _prompt(self) -> str:
+        return str((self.config.transcription or {}).get("prompt") or "")
+
+    async def _transcribe(self, samples: Samples, prompt: str) -> str:
+        if len(samples) < self.buffer.rate * MIN_TRANSCRIBED_MS / 1000:
+            return ""
+        language = (self.config.transcription or {}).get("language")
+        result = await stt.run(
+            api_key=self.api_key,
+            source=audio.Pcm(samples, self.buffer.rate),
+            task="transcribe",
+            options=stt.SttOptions(language=language, prompt=prompt or None),
+            model=self.stt_model,
+        )
+        return result.text
+
+    async def _commit_event(self, event: dict[str, Any]) -> None:
+        if self.buffer.end_ms - self.buffer.start_ms < MIN_COMMIT_MS:
+            raise EventError(
+                f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms of audio, "
+                f"but buffer only has {self.buffer.end_ms - self.buffer.start_ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        turn = self.turn or TurnTranscript(
+            self.buffer, self.buffer.start_ms, self._transcribe, prompt=self._prompt()
+        )
+        item_id = self.turn_item or new_id("item")
+        self.turn, self.turn_item = None, None
+        if self.detector is not None:
+            self.detector.speaking = False
+        # Manual turns answer only when asked (response.create), as OpenAI's do.
+        await self._commit(item_id, turn, self.buffer.end_ms, respond=False)
+
+    async def _commit(self, item_id: str, turn: TurnTranscript, end_ms: float, *, respond: bool) -> None:
+        """The buffer up to `end_ms` becomes a user item; its transcript follows when ready."""
+        self.turns += 1
+        stopped = time.perf_counter()
+        item = Item(
+            {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            }
+        )
+        transcribing = self.spawn(turn.finish(end_ms))
+        item.transcript = transcribing
+        self.buffer.drop_until(end_ms)
+        previous = self.conversation.add(item)
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}
+        )
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.data})
+        self.spawn(self._report_transcript(item, transcribing, stopped))
+        if respond and self.config.kind == "realtime":
+            self.spawn(self._respond_to_turn(stopped, transcribing))
+
+    async def _respond_to_turn(self, stopped: float, transcribing: asyncio.Future[str]) -> None:
+        """Answer a turn VAD ended; a response still winding down (cancelled by the barge-in) ends first."""
+        while self.response is not None and self.response.task is not None:
+            await asyncio.gather(self.response.task, return_exceptions=True)
+        try:
+            await self._respond(None, stt_started=stopped, awaiting=transcribing)
+        except OpenAIError as exc:
+            await self.error(exc)
+
+    async def _report_transcript(self, item: Item, transcribing: asyncio.Future[str], stopped: float) -> None:
+        """The transcription events of a user turn (one audit row per turn in a transcription session)."""
+        scope = (
+            audit.scope(method="WS", endpoint="/v1/realtime/transcription")
+            if self.config.kind == "transcription"
+            else contextlib.nullcontext(None)
+        )
+        with scope as record:
+            if record is not None:
+                record.api_key_id, record.key_prefix = self.record.api_key_id, self.record.key_prefix
+                record.usage.session_id = self.config.id
+                if self.stt_model is not None:
+                    record.add_model(self.stt_model.model_id)
+            try:
+                text = await transcribing
+            except OpenAIError as exc:
+                if record is not None:
+                    record.fail(exc)
+                await self.send(
+                    {
+                        "type": "conversation.item.input_audio_transcription.failed",
+                        "item_id": item.id,
+                        "content_index": 0,
+                        "error": {
+                            "type": exc.type,
+                            "code": str(exc.code or ""),
+                            "message": exc.message,
+                            "param": exc.param,
+                        },
+                    }
+                )
+                return
+            seconds = time.perf_counter() - stopped
+            if record is not None:
+                record.usage.stt_ms = seconds * 1000
+            item.data["content"][0]["transcript"] = text
+            ids = {"item_id": item.id, "content_index": 0}
+            if text:
+                await self.send(
+                    {"type": "conversation.item.input_audio_transcription.delta", **ids, "delta": text}
+                )
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    **ids,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": max(0.0, round(seconds, 3))},
+                }
+            )
+            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item.data})
+
+    async def _clear(self, event: dict[str, Any]) -> None:
+        if self.turn is not None:
+            self.turn.cancel()
+        self.buffer.clear()
+        self.probe = SpeechProbe(self.buffer.rate)
+        if self.detector is not None:
+            self.detector.speaking, self.detector.clock_ms = False, self.buffer.end_ms
+        self.turn, self.turn_item = None, None
+        await self.send({"type": "input_audio_buffer.cleared"})
+
+    # --- conversation ---------------------------------------------------------------------------
+
+    async def _item(self, data: Any, param: str) -> Item:
+        """A client's item, checked; a user's audio content is transcribed (in the background)."""
+        if not isinstance(data, dict):
+            raise EventError(f"'{param}' must be an object.", param=param, code="invalid_type")
+        kind = data.get("type", "message")
+        item_id = data.get("id") or new_id("item")
+        if not isinstance(item_id, str) or len(item_id) > 64:
+            raise EventError(f"'{param}.id' must be a string of at most 64 characters.", param=f"{param}.id")
+        if any(item.id == item_id for item in self.conversation.items):
+            raise EventError(
+                f"Item with id '{item_id}' already exists.", param=f"{param}.id", code="item_already_exists"
+            )
+        base = {"id": item_id, "object": "realtime.item", "status": "completed"}
+        if kind == "function_call_output":
+            call_id, output = data.get("call_id"), data.get("output")
+            if not isinstance(call_id, str) or not isinstance(output, str):
+                raise EventError(f"'{param}' needs call_id and output (strings).", param=f"{param}.call_id")
+            return Item({**base, "type": kind, "call_id": call_id, "output": output})
+        if kind == "function_call":
+            name, call_id = data.get("name"), data.get("call_id") or new_id("call")
+            if not isinstance(name, str):
+                raise EventError(
+                    f"'{param}.name' is required.", param=f"{param}.name", code="missing_required_parameter"
+                )
+            return Item(
+                {
+                    **base,
+                    "type": kind,
+                    "name": name,
+                    "call_id": call_id,
+                    "arguments": str(data.get("arguments") or "{}"),
+                }
+            )
+        if kind != "message":
+            raise EventError(
+                f"'{param}.type' must be message, function_call or function_call_output.",
+                param=f"{param}.type",
+            )
+        role = data.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise EventError(f"'{param}.role' must be user, assistant or system.", param=f"{param}.role")
+        content = data.get("content")
+        if not isinstance(content, list) or not content:
+            raise EventError(f"'{param}.content' must be a non-empty array.", param=f"{param}.content")
+        parts: list[dict[str, Any]] = []
+        item = Item({**base, "type": "message", "role": role, "content": parts})
+        allowed = {
+            "user": ("input_text", "input_audio"),
+            "system": ("input_text",),
+            "assistant": ("output_text", "output_audio", "text", "audio"),
+        }
+        for i, part in enumerate(content):
+            where = f"{param}.content[{i}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in allowed[role]:
+                raise EventError(
+                    f"'{where}.type' must be one of {', '.join(allowed[role])} for a {role} message.",
+                    param=f"{where}.type",
+                )
+            if kind == "input_audio":
+                data_b64 = part.get("audio")
+                if data_b64 is None:
+                    raise EventError(
+                        f"'{where}.audio' is required.",
+                        param=f"{where}.audio",
+                        code="missing_required_parameter",
+                    )
+                raw = _b64(data_b64, f"{where}.audio")
+                fmt = self.config.input_format
+                try:
+                    samples = await workers.run(decode_input, raw, fmt)
+                except audio.AudioError as exc:
+                    raise EventError(str(exc), param=f"{where}.audio", code="invalid_audio") from exc
+                parts.append({"type": "input_audio", "transcript": None})
+                item.transcript = self.spawn(self._transcribe_part(item, len(parts) - 1, samples))
+            elif kind in ("output_audio", "audio"):
+                parts.append({"type": "output_audio", "transcript": str(part.get("transcript") or "")})
+            else:
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise EventError(
+                        f"'{where}.text' must be a string.", param=f"{where}.text", code="invalid_type"
+                    )
+                parts.append({"type": kind, "text": text})
+        return item
+
+    async def _transcribe_part(self, item: Item, index: int, samples: Samples) -> str:
+        try:
+            text = await self._transcribe(samples, self._prompt())
+        except InvalidAudio as exc:
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "item_id": item.id,
+                    "content_index": index,
+                    "error": {
+                        "type": exc.type,
+                        "code": str(exc.code or ""),
+                        "message": exc.message,
+                        "param": exc.param,
+                    },
+                }
+            )
+            raise
+        item.data["content"][index]["transcript"] = text
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item.id,
+                "content_index": index,
+                "transcript": text,
+                "usage": {"type": "duration", "seconds": round(len(samples) / self.buffer.rate, 3)},
+            }
+        )
+        return text
+
+    async def _item_create(self, event: dict[str, Any]) -> None:
+        item = await self._item(self._field(event, "item"), "item")
+        before = event.get("previous_item_id")
+        previous = self.conversation.add(item, before if isinstance(before, str) else None)
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.data})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item.data})
+
+    async def _item_delete(self, event: dict[str, Any]) -> None:
+        item_id = self._field(event, "item_id")
+        self.conversation.delete(item_id)
+        await self.send({"type": "conversation.item.deleted", "item_id": item_id})
+
+    async def _item_retrieve(self, event: dict[str, Any]) -> None:
+        item = self.conversation.get(self._field(event, "item_id"))
+        await self.send({"type": "conversation.item.retrieved", "item": item.data})
+
+    async def _item_truncate(self, event: dict[str, Any]) -> None:
+        item_id = self._field(event, "item_id")
+        content_index = self._field(event, "content_index")
+        audio_end_ms = self._field(event, "audio_end_ms")
+        if (
+            self.response is not None
+            and self.response.message is not None
+            and self.response.message.item.id == item_id
+        ):
+            self.response.cancel("client_cancelled")  # cut while speaking: it stops here
+            await asyncio.gather(*(t for t in [self.response.task] if t is not None), return_exceptions=True)
+        self.conversation.truncate(item_id, content_index, audio_end_ms)
+        await self.send(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item_id,
+                "content_index": content_index,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+
+    # --- responses ------------------------------------------------------------------------------
+
+    async def _response_create(self, event: dict[str, Any]) -> None:
+        overrides = event.get("response")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise EventError("'response' must be an object.", param="response", code="invalid_type")
+        await self._respond(overrides or {})
+
+    async def _respond(
+        self,
+        overrides: dict[str, Any] | None,
+        *,
+        stt_started: float | None = None,
+        awaiting: asyncio.Future[str] | None = None,
+    ) -> None:
+        if self.response is not None:
+            raise EventError(
+                f"Conversation already has an active response in progress: {self.response.plan.id}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+            )
+        plan = await self._plan(overrides or {})
+        if awaiting is not None and stt_started is not None:
+            plan.messages = self._after_transcript(plan.messages, awaiting, stt_started, plan)
+        response = Response(plan, send=self.send, conversation_add=lambda item: self.conversation.add(item))
+        self.response = response
+        response.task = self.spawn(self._run(response))
+
+    def _after_transcript(
+        self,
+        messages: Callable[[], Awaitable[list[dict[str, Any]]]],
+        awaiting: asyncio.Future[str],
+        started: float,
+        plan: ResponsePlan,
+    ) -> Callable[[], Awaitable[list[dict[str, Any]]]]:
+        async def wait() -> list[dict[str, Any]]:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(awaiting)
+            plan.stt_ms = (time.perf_counter() - started) * 1000
+            record = audit.current()
+            if record is not None:
+                record.usage.stt_ms = plan.stt_ms
+            return await messages()
+
+        return wait
+
+    async def _run(self, response: Response) -> None:
+        try:
+            await response.run()
+        finally:
+            if self.response is response:
+                self.response = None
+
+    async def _plan(self, given: dict[str, Any]) -> ResponsePlan:
+        config = self.config
+        known = {"output_modalities", "modalities", "instructions", "audio", "tools", "tool_choice", "temperature",
+                 "max_output_tokens", "max_response_output_tokens", "conversation", "input", "metadata", "voice",
+                 "output_audio_format", "prompt", "tracing"}  # fmt: skip
+        for name in given:
+            if name not in known:
+                raise EventError(
+                    f"Unknown parameter: 'response.{name}'.",
+                    param=f"response.{name}",
+                    code="unknown_parameter",
+                )
+        out_modalities = list(config.output_modalities)
+        if "output_modalities" in given or "modalities" in given:
+            name = "output_modalities" if "output_modalities" in given else "modalities"
+            out_modalities = modalities(given[name], f"response.{name}")
+        instructions = given.get("instructions", config.instructions)
+        if not isinstance(instructions, str):
+            raise EventError("'response.instructions' must be a string.", param="response.instructions")
+        fmt, voice_name, voicing = config.output_format, config.voice, self.voicing
+        output = (
+            ((given.get("audio") or {}).get("output") or {}) if isinstance(given.get("audio"), dict) else {}
+        )
+        if output.get("format") is not None or given.get("output_audio_format") is not None:
+            fmt = config.updated(
+                {"audio": {"output": {"format": output.get("format") or given.get("output_audio_format")}}},
+                "response",
+            ).output_format
+        new_voice = output.get("voice", given.get("voice"))
+        if new_voice is not None:
+            voice_name = voice(new_voice, "response.audio.output.voice")
+            voicing = await tts.voicing(
+                api_key=self.api_key,
+                model=config.speech_model,
+                voice=voice_name,
+                speed=config.speed,
+                voice_param="response.audio.output.voice",
+            )
+        offered = list(config.tools) if "tools" not in given else tools(given["tools"], "response.tools")
+        choice = (
+            tool_choice(given["tool_choice"], "response.tool_choice")
+            if "tool_choice" in given
+            else config.tool_choice
+        )
+        limit = config.max_output_tokens
+        for name in ("max_output_tokens", "max_response_output_tokens"):
+            if name in given:
+                limit = max_output_tokens(given[name], f"response.{name}")
+        temperature = config.temperature
+        if given.get("temperature") is not None:
+            temperature = config.updated({"temperature": given["temperature"]}, "response").temperature
+        conversation_mode = given.get("conversation", "auto")
+        if conversation_mode not in ("auto", "none"):
+            raise EventError("'response.conversation' must be auto or none.", param="response.conversation")
+        metadata = given.get("metadata")
+        target = await admission.check_model(self.api_key, config.model)
+        body: dict[str, Any] = {"model": config.model}
+        if offered:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t["description"],
+                        "parameters": t["parameters"],
+                    },
+                }
+                for t in offered
+            ]
+            body["tool_choice"] = (
+                choice
+                if isinstance(choice, str)
+                else {"type": "function", "function": {"name": choice["name"]}}
+            )
+        if temperature is not None:
+            body["temperature"] = temperature
+        if limit != "inf":
+            body["max_tokens"] = limit
+        items = await self._input_items(given["input"]) if "input" in given else list(self.conversation.items)
+
+        async def messages() -> list[dict[str, Any]]:
+            return await self.conversation.messages(instructions, items)
+
+        return ResponsePlan(
+            id=new_id("resp"),
+            session_id=config.id,
+            api_key_id=self.record.api_key_id,
+            key_prefix=self.record.key_prefix,
+            model=config.model,
+            target=target,
+            messages=messages,
+            body=body,
+            modalities=out_modalities,
+            voicing=voicing if "audio" in out_modalities else None,
+            voice_name=voice_name or (voicing.voice.name if voicing else None),
+            output_format=fmt,
+            into_conversation=conversation_mode == "auto",
+            tool_names={t["name"] for t in offered},
+            metadata=metadata if isinstance(metadata, dict) else None,
+        )
+
+    async def _input_items(self, given: Any) -> list[Item]:
+        if not isinstance(given, list):
+            raise EventError(
+                "'response.input' must be an array of items.", param="response.input", code="invalid_type"
+            )
+        items = []
+        for i, entry in enumerate(given):
+            if isinstance(entry, dict) and entry.get("type") == "item_reference":
+                items.append(self.conversation.get(entry.get("id"), param=f"response.input[{i}].id"))
+            else:
+                items.append(await self._item(entry, f"response.input[{i}]"))
+        return items
+
+    async def _response_cancel(self, event: dict[str, Any]) -> None:
+        response_id = event.get("response_id")
+        if self.response is None or (response_id and response_id != self.response.plan.id):
+            raise EventError(
+                "Cancellation failed: no active response found.",
+                code="response_cancel_not_active",
+                param="response_id",
+            )
+        self.response.cancel("client_cancelled")
+
+    async def _output_audio_clear(self, event: dict[str, Any]) -> None:
+        if self.response is not None:
+            self.response.cancel("client_cancelled")
+        await self.send({"type": "output_audio_buffer.cleared", "response_id": None})
+
+
+_HANDLERS: dict[str, Callable[[RealtimeSession, dict[str, Any]], Awaitable[None]]] = {
+    "session.update": RealtimeSession._session_update,
+    "input_audio_buffer.append": RealtimeSession._append,
+    "input_audio_buffer.commit": RealtimeSession._commit_event,
+    "input_audio_buffer.clear": RealtimeSession._clear,
+    "conversation.item.create": RealtimeSession._item_create,
+    "conversation.item.delete": RealtimeSession._item_delete,
+    "conversation.item.retrieve": RealtimeSession._item_retrieve,
+    "conversation.item.truncate": RealtimeSession._item_truncate,
+    "response.create": RealtimeSession._response_create,
+    "response.cancel": RealtimeSession._response_cancel,
+    "output_audio_buffer.clear": RealtimeSession._output_audio_clear,
+}
