@@ -381,7 +381,8 @@ class RealtimeSession:
                 "content": [{"type": "input_audio", "transcript": None}],
             }
         )
-        transcribing = self.spawn(turn.finish(end_ms))
+        # Cut now, before the buffer lets go of the turn; in the session's context (no audit record).
+        transcribing = self.context.copy().run(turn.finish, end_ms)
         item.transcript = transcribing
         self.buffer.drop_until(end_ms)
         previous = self.conversation.add(item)

@@ -207,10 +207,15 @@ class TurnTranscript:
         prompt = " ".join(filter(None, [self.prompt, *earlier]))[-800:]
         return await self.transcribe(samples, prompt)
 
-    async def finish(self, end_ms: float) -> str:
+    def finish(self, end_ms: float) -> asyncio.Future[str]:
+        """Send the rest (up to `end_ms`) now, while the buffer still holds it; the future gives the
+        whole text once every stretch is done."""
         if end_ms - self.cut_ms >= WINDOW_MS * 2 or not self.stretches:
             samples = self.buffer.between(self.cut_ms, min(end_ms + STRETCH_MARGIN_MS, self.buffer.end_ms))
             self.stretches.append(asyncio.ensure_future(self._one(samples, list(self.stretches))))
+        return asyncio.ensure_future(self._joined())
+
+    async def _joined(self) -> str:
         texts = [await task for task in self.stretches]
         return " ".join(text.strip() for text in texts if text.strip())
 
