@@ -49,15 +49,17 @@ def in_flight() -> int:
 
 
 class Draining:
-    """ASGI middleware: counts the HTTP requests in flight, and installs the SIGTERM handler when
-    running under daphne's reactor."""
+    """ASGI middleware: counts the HTTP requests and WebSocket sessions in flight, and installs
+    the SIGTERM handler when running under daphne's reactor."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         _install_when_running()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        # A Realtime session (a WebSocket) counts too: it ends itself once draining begins
+        # (chat/realtime/session.py), after the response it is giving.
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         _state["in_flight"] += 1

@@ -33,7 +33,7 @@ from registry.models import ApiKey
 from registry.speech import workers
 
 SUBPROTOCOL_KEY = "openai-insecure-api-key."
-CLIENT_SECRET_PREFIX = "ek_"
+CLIENT_SECRET_PREFIX = "ek_"  # noqa: S105 - the prefix of minted secrets, not a secret
 SECRET_SECONDS_DEFAULT = 600
 SECRET_SECONDS_RANGE = (10, 7200)
 
@@ -129,7 +129,8 @@ async def admit(
     who = api_key.prefix if api_key is not None else ""
     if open_sessions() >= settings.VOICEPROXY_REALTIME_MAX_SESSIONS:
         raise SessionsFull(
-            f"This server holds its maximum of {settings.VOICEPROXY_REALTIME_MAX_SESSIONS} Realtime sessions; retry shortly.",
+            f"This server holds its maximum of {settings.VOICEPROXY_REALTIME_MAX_SESSIONS} Realtime "
+            "sessions; retry shortly.",
             retry_after=5,
         )
     if _sessions[who] >= settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY:

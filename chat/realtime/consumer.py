@@ -31,7 +31,7 @@ def _phrase(message: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in message)[:200] or "Refused"
 
 
-class RealtimeConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+class RealtimeConsumer(AsyncWebsocketConsumer):
     session: RealtimeSession | None = None
     record: audit.AuditRecord | None = None
 

@@ -60,7 +60,7 @@ class ResponsePlan:
 
 
 class OutputAudio:
-    """pcm16 at 24 kHz -> the session's output format (G.711 is resampled to 8 kHz and encoded in the pool)."""
+    """pcm16 at 24 kHz -> the session's output format (G.711: resampled to 8 kHz, encoded in the pool)."""
 
     def __init__(self, fmt: AudioFormat) -> None:
         self.fmt = fmt
@@ -344,7 +344,8 @@ class Response:
             if plan.voicing is not None:
                 record.add_model(plan.voicing.model.model_id)
             await self.send({"type": "response.created", "response": self.render("in_progress")})
-            status, details = "completed", None
+            status = "completed"
+            details: dict[str, Any] | None = None
             try:
                 await self._stream(record)
             except asyncio.CancelledError:

@@ -11,8 +11,6 @@ reservation in use): the VAD, the transcription of each turn while it is spoken,
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -26,21 +24,20 @@ from chat.realtime import admission
 from chat.realtime.config import (
     FORMAT_RATES,
     SessionConfig,
-    max_output_tokens,
-    modalities,
-    tool_choice,
-    tools,
-    voice,
 )
 from chat.realtime.conversation import Conversation, Item, new_id
+from chat.realtime.events import EventError, b64, decode_input
+from chat.realtime.items import client_item
+from chat.realtime.planning import plan_response
 from chat.realtime.response import Response, ResponsePlan
 from chat.realtime.turns import InputAudio, SpeechProbe, TurnDetector, TurnTranscript
 from registry import audit
-from registry.errors import InvalidAudio, InvalidRequest, OpenAIError
+from registry.errors import InvalidRequest, OpenAIError, ShuttingDown
 from registry.models import ApiKey
 from registry.resolved import ResolvedModel
 from registry.speech import audio, stt, tts, workers
 from registry.speech.engines.base import Samples
+from voiceproxy import drain
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +45,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one append
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
 MIN_TRANSCRIBED_MS = 100
-
-
-class EventError(InvalidRequest):
-    """A client event that cannot be handled: answered with an `error` event, the session goes on."""
-
-
-def _b64(value: Any, param: str) -> bytes:
-    if not isinstance(value, str):
-        raise EventError(f"'{param}' must be base64-encoded audio.", param=param, code="invalid_type")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EventError(f"'{param}' is not valid base64.", param=param, code="invalid_value") from exc
-
-
-def decode_input(data: bytes, fmt: str) -> Samples:
-    """Client audio in the session's format as float samples at its rate. Blocking (G.711: PyAV)."""
-    if fmt == "pcm":
-        return audio.from_s16le(data)
-    return audio.g711_decode(data, fmt)
 
 
 class RealtimeSession:
@@ -166,25 +143,33 @@ class RealtimeSession:
         self.spawn(self._watch())
 
     async def _watch(self) -> None:
-        """Idle and maximum durations: the session ends with an error event saying which."""
+        """Idle and maximum durations, and a server shutting down: the session ends with an error
+        event saying which (a response being given finishes first when the server drains)."""
         idle, longest = settings.VOICEPROXY_REALTIME_IDLE_SECONDS, settings.VOICEPROXY_REALTIME_MAX_SECONDS
         while True:
             now = time.monotonic()
             busy = self.response is not None
+            if drain.draining() and not busy:
+                error: OpenAIError = ShuttingDown(
+                    "The server is restarting; reconnect to go on.", retry_after=1
+                )
+                break
             if not busy and now - self.last_event >= idle:
-                reason = f"The session was idle for {idle} s and has been closed."
-                code = "session_idle_timeout"
+                error = InvalidRequest(
+                    f"The session was idle for {idle} s and has been closed.", code="session_idle_timeout"
+                )
                 break
             if now - self.started >= longest:
-                reason, code = f"The session reached its maximum duration of {longest} s.", "session_expired"
+                error = InvalidRequest(
+                    f"The session reached its maximum duration of {longest} s.", code="session_expired"
+                )
                 break
             await asyncio.sleep(
-                max(0.05, min(idle - (now - self.last_event), longest - (now - self.started), 5.0))
+                max(0.05, min(idle - (now - self.last_event), longest - (now - self.started), 1.0))
             )
-        error = InvalidRequest(reason, code=code)
         self.record.fail(error)
         await self.error(error)
-        await self._close(1000)
+        await self._close(1001 if isinstance(error, ShuttingDown) else 1000)
 
     async def close(self) -> None:
         """The socket closed: stop all work and write the session's row."""
@@ -221,7 +206,7 @@ class RealtimeSession:
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
             kind = event.get("type")
             handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
-            if handler is None:
+            if handler is None or not isinstance(kind, str):
                 raise EventError(
                     f"Invalid value: '{kind}'. Unknown client event type.", param="type", code="invalid_value"
                 )
@@ -277,7 +262,7 @@ class RealtimeSession:
         )
 
     async def _append(self, event: dict[str, Any]) -> None:
-        data = _b64(self._field(event, "audio"), "audio")
+        data = b64(self._field(event, "audio"), "audio")
         if len(data) > MAX_APPEND_BYTES:
             raise EventError(f"An append may carry at most {MAX_APPEND_BYTES} bytes of audio.", param="audio")
         fmt = self.config.input_format
@@ -314,7 +299,7 @@ class RealtimeSession:
             item_id = new_id("item")
             start = max(ms, self.buffer.start_ms)
             self.turn_item = item_id
-            self.turn = TurnTranscript(self.buffer, start, self._transcribe, prompt=self._prompt())
+            self.turn = TurnTranscript(self.buffer, start, self.transcribe, prompt=self.prompt())
             await self.send(
                 {
                     "type": "input_audio_buffer.speech_started",
@@ -334,10 +319,10 @@ class RealtimeSession:
             )
             await self._commit(item_id, turn, ms, respond=bool(vad.get("create_response", True)))
 
-    def _prompt(self) -> str:
+    def prompt(self) -> str:
         return str((self.config.transcription or {}).get("prompt") or "")
 
-    async def _transcribe(self, samples: Samples, prompt: str) -> str:
+    async def transcribe(self, samples: Samples, prompt: str) -> str:
         if len(samples) < self.buffer.rate * MIN_TRANSCRIBED_MS / 1000:
             return ""
         language = (self.config.transcription or {}).get("language")
@@ -353,12 +338,13 @@ class RealtimeSession:
     async def _commit_event(self, event: dict[str, Any]) -> None:
         if self.buffer.end_ms - self.buffer.start_ms < MIN_COMMIT_MS:
             raise EventError(
-                f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms of audio, "
+                "Error committing input audio buffer: buffer too small. "
+                f"Expected at least {MIN_COMMIT_MS}ms of audio, "
                 f"but buffer only has {self.buffer.end_ms - self.buffer.start_ms:.2f}ms of audio.",
                 code="input_audio_buffer_commit_empty",
             )
         turn = self.turn or TurnTranscript(
-            self.buffer, self.buffer.start_ms, self._transcribe, prompt=self._prompt()
+            self.buffer, self.buffer.start_ms, self.transcribe, prompt=self.prompt()
         )
         item_id = self.turn_item or new_id("item")
         self.turn, self.turn_item = None, None
@@ -466,124 +452,8 @@ class RealtimeSession:
 
     # --- conversation ---------------------------------------------------------------------------
 
-    async def _item(self, data: Any, param: str) -> Item:
-        """A client's item, checked; a user's audio content is transcribed (in the background)."""
-        if not isinstance(data, dict):
-            raise EventError(f"'{param}' must be an object.", param=param, code="invalid_type")
-        kind = data.get("type", "message")
-        item_id = data.get("id") or new_id("item")
-        if not isinstance(item_id, str) or len(item_id) > 64:
-            raise EventError(f"'{param}.id' must be a string of at most 64 characters.", param=f"{param}.id")
-        if any(item.id == item_id for item in self.conversation.items):
-            raise EventError(
-                f"Item with id '{item_id}' already exists.", param=f"{param}.id", code="item_already_exists"
-            )
-        base = {"id": item_id, "object": "realtime.item", "status": "completed"}
-        if kind == "function_call_output":
-            call_id, output = data.get("call_id"), data.get("output")
-            if not isinstance(call_id, str) or not isinstance(output, str):
-                raise EventError(f"'{param}' needs call_id and output (strings).", param=f"{param}.call_id")
-            return Item({**base, "type": kind, "call_id": call_id, "output": output})
-        if kind == "function_call":
-            name, call_id = data.get("name"), data.get("call_id") or new_id("call")
-            if not isinstance(name, str):
-                raise EventError(
-                    f"'{param}.name' is required.", param=f"{param}.name", code="missing_required_parameter"
-                )
-            return Item(
-                {
-                    **base,
-                    "type": kind,
-                    "name": name,
-                    "call_id": call_id,
-                    "arguments": str(data.get("arguments") or "{}"),
-                }
-            )
-        if kind != "message":
-            raise EventError(
-                f"'{param}.type' must be message, function_call or function_call_output.",
-                param=f"{param}.type",
-            )
-        role = data.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise EventError(f"'{param}.role' must be user, assistant or system.", param=f"{param}.role")
-        content = data.get("content")
-        if not isinstance(content, list) or not content:
-            raise EventError(f"'{param}.content' must be a non-empty array.", param=f"{param}.content")
-        parts: list[dict[str, Any]] = []
-        item = Item({**base, "type": "message", "role": role, "content": parts})
-        allowed = {
-            "user": ("input_text", "input_audio"),
-            "system": ("input_text",),
-            "assistant": ("output_text", "output_audio", "text", "audio"),
-        }
-        for i, part in enumerate(content):
-            where = f"{param}.content[{i}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in allowed[role]:
-                raise EventError(
-                    f"'{where}.type' must be one of {', '.join(allowed[role])} for a {role} message.",
-                    param=f"{where}.type",
-                )
-            if kind == "input_audio":
-                data_b64 = part.get("audio")
-                if data_b64 is None:
-                    raise EventError(
-                        f"'{where}.audio' is required.",
-                        param=f"{where}.audio",
-                        code="missing_required_parameter",
-                    )
-                raw = _b64(data_b64, f"{where}.audio")
-                fmt = self.config.input_format
-                try:
-                    samples = await workers.run(decode_input, raw, fmt)
-                except audio.AudioError as exc:
-                    raise EventError(str(exc), param=f"{where}.audio", code="invalid_audio") from exc
-                parts.append({"type": "input_audio", "transcript": None})
-                item.transcript = self.spawn(self._transcribe_part(item, len(parts) - 1, samples))
-            elif kind in ("output_audio", "audio"):
-                parts.append({"type": "output_audio", "transcript": str(part.get("transcript") or "")})
-            else:
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise EventError(
-                        f"'{where}.text' must be a string.", param=f"{where}.text", code="invalid_type"
-                    )
-                parts.append({"type": kind, "text": text})
-        return item
-
-    async def _transcribe_part(self, item: Item, index: int, samples: Samples) -> str:
-        try:
-            text = await self._transcribe(samples, self._prompt())
-        except InvalidAudio as exc:
-            await self.send(
-                {
-                    "type": "conversation.item.input_audio_transcription.failed",
-                    "item_id": item.id,
-                    "content_index": index,
-                    "error": {
-                        "type": exc.type,
-                        "code": str(exc.code or ""),
-                        "message": exc.message,
-                        "param": exc.param,
-                    },
-                }
-            )
-            raise
-        item.data["content"][index]["transcript"] = text
-        await self.send(
-            {
-                "type": "conversation.item.input_audio_transcription.completed",
-                "item_id": item.id,
-                "content_index": index,
-                "transcript": text,
-                "usage": {"type": "duration", "seconds": round(len(samples) / self.buffer.rate, 3)},
-            }
-        )
-        return text
-
     async def _item_create(self, event: dict[str, Any]) -> None:
-        item = await self._item(self._field(event, "item"), "item")
+        item = await client_item(self, self._field(event, "item"), "item")
         before = event.get("previous_item_id")
         previous = self.conversation.add(item, before if isinstance(before, str) else None)
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.data})
@@ -640,7 +510,7 @@ class RealtimeSession:
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
             )
-        plan = await self._plan(overrides or {})
+        plan = await plan_response(self, overrides or {})
         if awaiting is not None and stt_started is not None:
             plan.messages = self._after_transcript(plan.messages, awaiting, stt_started, plan)
         response = Response(plan, send=self.send, conversation_add=lambda item: self.conversation.add(item))
@@ -671,120 +541,6 @@ class RealtimeSession:
         finally:
             if self.response is response:
                 self.response = None
-
-    async def _plan(self, given: dict[str, Any]) -> ResponsePlan:
-        config = self.config
-        known = {"output_modalities", "modalities", "instructions", "audio", "tools", "tool_choice", "temperature",
-                 "max_output_tokens", "max_response_output_tokens", "conversation", "input", "metadata", "voice",
-                 "output_audio_format", "prompt", "tracing"}  # fmt: skip
-        for name in given:
-            if name not in known:
-                raise EventError(
-                    f"Unknown parameter: 'response.{name}'.",
-                    param=f"response.{name}",
-                    code="unknown_parameter",
-                )
-        out_modalities = list(config.output_modalities)
-        if "output_modalities" in given or "modalities" in given:
-            name = "output_modalities" if "output_modalities" in given else "modalities"
-            out_modalities = modalities(given[name], f"response.{name}")
-        instructions = given.get("instructions", config.instructions)
-        if not isinstance(instructions, str):
-            raise EventError("'response.instructions' must be a string.", param="response.instructions")
-        fmt, voice_name, voicing = config.output_format, config.voice, self.voicing
-        output = (
-            ((given.get("audio") or {}).get("output") or {}) if isinstance(given.get("audio"), dict) else {}
-        )
-        if output.get("format") is not None or given.get("output_audio_format") is not None:
-            fmt = config.updated(
-                {"audio": {"output": {"format": output.get("format") or given.get("output_audio_format")}}},
-                "response",
-            ).output_format
-        new_voice = output.get("voice", given.get("voice"))
-        if new_voice is not None:
-            voice_name = voice(new_voice, "response.audio.output.voice")
-            voicing = await tts.voicing(
-                api_key=self.api_key,
-                model=config.speech_model,
-                voice=voice_name,
-                speed=config.speed,
-                voice_param="response.audio.output.voice",
-            )
-        offered = list(config.tools) if "tools" not in given else tools(given["tools"], "response.tools")
-        choice = (
-            tool_choice(given["tool_choice"], "response.tool_choice")
-            if "tool_choice" in given
-            else config.tool_choice
-        )
-        limit = config.max_output_tokens
-        for name in ("max_output_tokens", "max_response_output_tokens"):
-            if name in given:
-                limit = max_output_tokens(given[name], f"response.{name}")
-        temperature = config.temperature
-        if given.get("temperature") is not None:
-            temperature = config.updated({"temperature": given["temperature"]}, "response").temperature
-        conversation_mode = given.get("conversation", "auto")
-        if conversation_mode not in ("auto", "none"):
-            raise EventError("'response.conversation' must be auto or none.", param="response.conversation")
-        metadata = given.get("metadata")
-        target = await admission.check_model(self.api_key, config.model)
-        body: dict[str, Any] = {"model": config.model}
-        if offered:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t["name"],
-                        "description": t["description"],
-                        "parameters": t["parameters"],
-                    },
-                }
-                for t in offered
-            ]
-            body["tool_choice"] = (
-                choice
-                if isinstance(choice, str)
-                else {"type": "function", "function": {"name": choice["name"]}}
-            )
-        if temperature is not None:
-            body["temperature"] = temperature
-        if limit != "inf":
-            body["max_tokens"] = limit
-        items = await self._input_items(given["input"]) if "input" in given else list(self.conversation.items)
-
-        async def messages() -> list[dict[str, Any]]:
-            return await self.conversation.messages(instructions, items)
-
-        return ResponsePlan(
-            id=new_id("resp"),
-            session_id=config.id,
-            api_key_id=self.record.api_key_id,
-            key_prefix=self.record.key_prefix,
-            model=config.model,
-            target=target,
-            messages=messages,
-            body=body,
-            modalities=out_modalities,
-            voicing=voicing if "audio" in out_modalities else None,
-            voice_name=voice_name or (voicing.voice.name if voicing else None),
-            output_format=fmt,
-            into_conversation=conversation_mode == "auto",
-            tool_names={t["name"] for t in offered},
-            metadata=metadata if isinstance(metadata, dict) else None,
-        )
-
-    async def _input_items(self, given: Any) -> list[Item]:
-        if not isinstance(given, list):
-            raise EventError(
-                "'response.input' must be an array of items.", param="response.input", code="invalid_type"
-            )
-        items = []
-        for i, entry in enumerate(given):
-            if isinstance(entry, dict) and entry.get("type") == "item_reference":
-                items.append(self.conversation.get(entry.get("id"), param=f"response.input[{i}].id"))
-            else:
-                items.append(await self._item(entry, f"response.input[{i}]"))
-        return items
 
     async def _response_cancel(self, event: dict[str, Any]) -> None:
         response_id = event.get("response_id")

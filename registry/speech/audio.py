@@ -12,7 +12,7 @@ import itertools
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 import av
 import av.error
@@ -386,7 +386,7 @@ def g711_encode(samples: Samples, law: str) -> bytes:
     telephony formats of a Realtime session. One byte per sample: chunks concatenate."""
     if not len(samples):
         return b""
-    codec = av.CodecContext.create(_G711_CODECS[law], "w")
+    codec = cast(av.AudioCodecContext, av.CodecContext.create(_G711_CODECS[law], "w"))
     codec.sample_rate, codec.layout, codec.format = G711_RATE, "mono", "s16"
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
     frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
@@ -398,7 +398,7 @@ def g711_decode(data: bytes, law: str) -> Samples:
     """G.711 bytes (mu-law "pcmu" or A-law "pcma") as 8 kHz float samples."""
     if not data:
         return np.zeros(0, dtype=np.float32)
-    codec = av.CodecContext.create(_G711_CODECS[law], "r")
+    codec = cast(av.AudioCodecContext, av.CodecContext.create(_G711_CODECS[law], "r"))
     codec.sample_rate, codec.layout = G711_RATE, "mono"
     frames = codec.decode(av.Packet(bytes(data)))
     pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames])
