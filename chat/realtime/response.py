@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SPEECH_PARALLELISM = 2  # sentences synthesised at once: the next is ready when one ends
+FIRST_PIECE_CHARS = 80
+PIECE_CHARS = 200  # SentenceSplitter's default, as HTTP voice chat speaks
 _TOOLISH = re.compile(r"^\s*(\{|\[|<tool_call>|<\|?tool|```|\[TOOL_CALLS\])")
 _TOOL_TAGS = re.compile(r"</?tool_call>|```(?:json)?|\[TOOL_CALLS\]")
 
@@ -97,7 +99,8 @@ class _Message:
             }
         )
         self.text = ""
-        self.splitter = SentenceSplitter()
+        # The first piece is cut at a clause when its sentence runs long: it is what the user waits for.
+        self.splitter = SentenceSplitter(max_chars=FIRST_PIECE_CHARS)
         self.sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self.offset = 0  # characters of `text` accounted for by spoken sentences
         self.spoken_ms = 0.0
@@ -125,6 +128,7 @@ class _Message:
         if self.speaker is not None:
             for sentence in self.splitter.feed(delta):
                 self.sentences.put_nowait(sentence)
+                self.splitter.max_chars = PIECE_CHARS
 
     async def _text(self) -> AsyncIterator[str]:
         while (sentence := await self.sentences.get()) is not None:

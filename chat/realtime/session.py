@@ -45,6 +45,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one append
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
 MIN_TRANSCRIBED_MS = 100
+KEEP_BEFORE_TURN_MS = 1000  # audio kept beyond the prefix padding while no one speaks
 
 
 class RealtimeSession:
@@ -292,6 +293,10 @@ class RealtimeSession:
             for probability in probabilities:
                 for kind, ms in detector.push(probability):
                     await self._turn_event(kind, ms)
+            if not detector.speaking:
+                # Between turns only the prefix padding can still become part of one: a microphone
+                # left open for hours keeps seconds of audio, not hours.
+                self.buffer.drop_until(detector.clock_ms - detector.prefix_padding_ms - KEEP_BEFORE_TURN_MS)
 
     async def _turn_event(self, kind: str, ms: float) -> None:
         vad = self.config.turn_detection or {}

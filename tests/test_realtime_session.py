@@ -1,0 +1,158 @@
+"""The Realtime consumer and session in this process, through Channels' WebsocketCommunicator: the
+fast cases (configuration, items, refusals, the VAD state machine) without daphne. The services,
+the engines and the loopback upstream are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from chat.realtime.conversation import heard
+from chat.realtime.routing import websocket_urlpatterns
+from chat.realtime.turns import WINDOW_MS, TurnDetector
+from tests.conftest import Key
+from tests.realtime_client import check
+
+APP = URLRouter(websocket_urlpatterns)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def opened(key: str, path: str = "/v1/realtime?model=echo-model") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        APP, path, headers=[(b"authorization", f"Bearer {key}".encode()), (b"host", b"localhost")]
+    )
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    assert check(await communicator.receive_json_from(timeout=30))["type"] == "session.created"
+    return communicator
+
+
+async def exchange(
+    communicator: WebsocketCommunicator, event: dict[str, Any], until: str
+) -> list[dict[str, Any]]:
+    await communicator.send_to(text_data=json.dumps(event))
+    got = []
+    while True:
+        got.append(check(await communicator.receive_json_from(timeout=30)))
+        if got[-1]["type"] == until:
+            return got
+
+
+def test_session_update_is_atomic_and_names_the_bad_field(registry: Any, api_key: Key) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        bad = {
+            "type": "session.update",
+            "event_id": "evt_1",
+            "session": {"type": "realtime", "instructions": "changed", "max_output_tokens": 0},
+        }
+        error = (await exchange(ws, bad, "error"))[-1]["error"]
+        assert (error["param"], error["event_id"]) == ("session.max_output_tokens", "evt_1")
+        unknown = {"type": "session.update", "session": {"type": "realtime", "colour": "blue"}}
+        error = (await exchange(ws, unknown, "error"))[-1]["error"]
+        assert (error["code"], error["param"]) == ("unknown_parameter", "session.colour")
+        kind = {"type": "session.update", "session": {"type": "transcription"}}
+        assert (await exchange(ws, kind, "error"))[-1]["error"]["param"] == "session.type"
+        ok = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 50}}
+        session = (await exchange(ws, ok, "session.updated"))[-1]["session"]
+        assert (
+            session["instructions"] == "" and session["max_output_tokens"] == 50
+        )  # the bad update changed nothing
+        await ws.disconnect()
+
+    run(main())
+
+
+def test_items_are_created_retrieved_and_deleted(registry: Any, api_key: Key) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        item = {
+            "id": "item_a",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "hi"}],
+        }
+        got = await exchange(ws, {"type": "conversation.item.create", "item": item}, "conversation.item.done")
+        assert got[0]["type"] == "conversation.item.added" and got[0]["previous_item_id"] is None
+        second = {**item, "id": "item_b"}
+        got = await exchange(
+            ws,
+            {"type": "conversation.item.create", "item": second, "previous_item_id": "root"},
+            "conversation.item.done",
+        )
+        assert got[-1]["previous_item_id"] is None
+        again = await exchange(ws, {"type": "conversation.item.create", "item": item}, "error")
+        assert again[-1]["error"]["code"] == "item_already_exists"
+        retrieved = await exchange(
+            ws, {"type": "conversation.item.retrieve", "item_id": "item_a"}, "conversation.item.retrieved"
+        )
+        assert retrieved[-1]["item"]["content"][0]["text"] == "hi"
+        deleted = await exchange(
+            ws, {"type": "conversation.item.delete", "item_id": "item_a"}, "conversation.item.deleted"
+        )
+        assert deleted[-1]["item_id"] == "item_a"
+        bad_role = {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "robot", "content": []},
+        }
+        assert (await exchange(ws, bad_role, "error"))[-1]["error"]["param"] == "item.role"
+        truncate_user = {
+            "type": "conversation.item.truncate",
+            "item_id": "item_b",
+            "content_index": 0,
+            "audio_end_ms": 0,
+        }
+        assert (await exchange(ws, truncate_user, "error"))[-1]["error"]["param"] == "item_id"
+        await ws.disconnect()
+
+    run(main())
+
+
+def test_without_the_denial_extension_a_refusal_is_a_plain_close(registry: Any) -> None:
+    async def main() -> None:
+        communicator = WebsocketCommunicator(
+            APP, "/v1/realtime?model=echo-model", headers=[(b"host", b"localhost")]
+        )
+        connected, _ = await communicator.connect(timeout=30)
+        assert not connected
+
+    run(main())
+
+
+def test_server_vad_dates_speech_with_its_padding_and_stops_after_the_silence() -> None:
+    detector = TurnDetector(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
+    events: list[tuple[str, float]] = []
+    probabilities = [0.0] * 20 + [0.9] * 30 + [0.05] * 10 + [0.9] * 10 + [0.05] * 20
+    for p in probabilities:
+        events += detector.push(p)
+    kinds = [kind for kind, _ in events]
+    # The final silence is a pause first: the last stretch is on its way to Whisper before the
+    # turn is declared over.
+    assert kinds == ["started", "pause", "pause", "stopped"]
+    started, pause, last_pause, stopped = (ms for _, ms in events)
+    assert started == pytest.approx(20 * WINDOW_MS - 300)
+    assert pause == pytest.approx(50 * WINDOW_MS)  # the first silence that lasted PAUSE_MS
+    assert last_pause == stopped == pytest.approx(70 * WINDOW_MS)  # where the final silence began
+
+
+@pytest.mark.parametrize(
+    ("end_ms", "expected"),
+    [
+        (0, ""),
+        (1000, "One two three."),
+        (1500, "One two three. Four five"),
+        (5000, "One two three. Four five six seven."),
+    ],
+)
+def test_truncation_keeps_whole_sentences_then_a_share_of_words(end_ms: int, expected: str) -> None:
+    transcript = "One two three. Four five six seven."
+    marks = [(14, 1000.0), (35, 2000.0)]
+    assert heard(transcript, marks, end_ms) == expected
