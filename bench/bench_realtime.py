@@ -88,11 +88,14 @@ class Session:
                 return got
 
     def turn(self, pcm: bytes) -> float:
-        """Speak in real time; voice-to-voice seconds."""
+        """Speak in real time while another thread reads (and timestamps) the events; voice-to-voice s."""
+        got: list[tuple[float, dict[str, Any]]] = []
+        reader = threading.Thread(target=lambda: got.extend(self.until("response.done")))
+        reader.start()
         for frame in frames(pcm):
             self.connection.input_audio_buffer.append(audio=frame)
             time.sleep(FRAME_MS / 1000)
-        got = self.until("response.done")
+        reader.join()
         stopped = next(at for at, e in got if e["type"] == "input_audio_buffer.speech_stopped")
         first = next(at for at, e in got if e["type"] == "response.output_audio.delta")
         return first - stopped
@@ -179,12 +182,21 @@ def main() -> None:
             v2v, chat, summed = [], [], []
             for pcm, wav in clips[1:]:
                 v2v.append(session.turn(pcm))
-                _, stt_s = parts.whisper.transcribe(wav)
+                started = time.perf_counter()
+                parts.whisper.transcribe(wav)  # decoding included, as an upload would be
+                stt_s = time.perf_counter() - started
                 _, first_sentence, sentence, _ = parts.first_sentence()
                 summed.append(stt_s + first_sentence + parts.speak_first(sentence))
                 chat.append(chat_first_audio(client, wav))
             cancels = [session.cancel() for _ in range(args.runs)]
             session.close()
+            stages = gateway.django(
+                "import json\n"
+                "from registry.models import RequestLog\n"
+                "rows = RequestLog.objects.filter(endpoint='/v1/realtime/response', stt_ms__isnull=False)"
+                ".order_by('created').values('stt_ms', 'llm_first_token_ms', 'tts_first_audio_ms')\n"
+                "print(json.dumps(list(rows)[1:]))\n"
+            )
 
             upstream.token_delay = args.token_delay
             concurrent = []
@@ -220,6 +232,21 @@ def main() -> None:
                 ["same turn as streamed /v1/chat/completions: request -> first audio", ms(med(chat))],
                 ["cancel -> last audio delta", ms(med(c[0] for c in cancels))],
                 ["cancel -> response.done", ms(med(c[1] for c in cancels))],
+            ],
+        )
+    )
+    print()
+    print("the gateway's own stage times for those turns (response rows of the audit log), medians:")
+    print(
+        markdown_table(
+            ["stage", "seconds"],
+            [
+                [name, ms(med(row[column] / 1000 for row in stages))]
+                for name, column in (
+                    ("speech_stopped -> final transcript (stt_ms)", "stt_ms"),
+                    ("response start -> upstream first token", "llm_first_token_ms"),
+                    ("response start -> first audio", "tts_first_audio_ms"),
+                )
             ],
         )
     )

@@ -315,6 +315,8 @@ class RealtimeSession:
             if self.response is not None and vad.get("interrupt_response", True):
                 self.response.cancel("turn_detected")  # barge-in
         elif kind == "pause" and self.turn is not None:
+            self.turn.pause(ms)
+        elif kind == "cut" and self.turn is not None:
             self.turn.cut(ms)
         elif kind == "stopped" and self.turn is not None and self.turn_item is not None:
             turn, item_id = self.turn, self.turn_item

@@ -6,8 +6,10 @@
                     probability per 32 ms window, computed in the worker pool
     TurnDetector    OpenAI's server_vad over those probabilities: speech started (less the prefix
                     padding), pauses within a turn, speech stopped after `silence_duration_ms`
-    TurnTranscript  a turn transcribed while it is spoken: each stretch up to a pause goes to the
-                    pool at once, so when the turn ends only its last stretch is left
+    TurnTranscript  a turn transcribed while it is spoken: at each pause the turn so far goes to the
+                    pool (a guess the next pause replaces), so when the silence has lasted long
+                    enough to end the turn, its transcript is mostly or wholly done; a long turn is
+                    fixed a stretch at a time, so no guess re-hears more than STRETCH_MS
 
 No events and no sockets here: session.py turns what these report into server events.
 """
@@ -28,9 +30,13 @@ from registry.speech.engines.base import Samples
 VAD_RATE = 16_000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
 WINDOW_MS = WINDOW * 1000 / VAD_RATE
-# A pause this long inside a turn ends a stretch that is transcribed at once. Shorter than any
-# sensible silence_duration_ms (OpenAI's default is 500), long enough not to cut inside words.
+# A pause this long inside a turn starts transcribing the turn so far. Shorter than any sensible
+# silence_duration_ms (OpenAI's default is 500), long enough not to fire between words. Measured
+# (bench/bench_realtime.py): transcribing a stretch per pause, each prompted by the last, cost a
+# whole Whisper pass (30 s windows, whatever the length) per stretch, one after another: 630 ms
+# from speech_stopped to the transcript of a 3 s question, against ~150 ms for the clip whole.
 PAUSE_MS = 240.0
+STRETCH_MS = 10_000.0  # a pause after this much of a turn fixes the stretch: later guesses start there
 STRETCH_MAX_MS = 20_000.0  # a stretch spoken without a pause is cut here (Whisper hears 30 s at most)
 # A stretch is transcribed with this much of the audio around it: Whisper mishears words cut flush.
 STRETCH_MARGIN_MS = 150.0
@@ -119,7 +125,7 @@ class SpeechProbe:
             return await workers.run(_probabilities, windows)
 
 
-TurnEvent = tuple[Literal["started", "pause", "stopped"], float]
+TurnEvent = tuple[Literal["started", "pause", "cut", "stopped"], float]
 
 
 @dataclass
@@ -127,7 +133,8 @@ class TurnDetector:
     """OpenAI's server_vad as a state machine over window probabilities (times in session ms).
 
     `started` at the first window above `threshold`, dated `prefix_padding_ms` earlier; `pause`
-    when a stretch of speech is followed by PAUSE_MS below it (or has run STRETCH_MAX_MS); `stopped`
+    when a stretch of speech is followed by PAUSE_MS below it; `cut` when one has run STRETCH_MAX_MS
+    without a pause; `stopped`
     after `silence_duration_ms` below it, dated where the silence began.
     """
 
@@ -155,7 +162,7 @@ class TurnDetector:
                 self.paused = False
             self.silence_from = None
             if self.clock_ms - self.stretch_from >= STRETCH_MAX_MS:
-                events.append(("pause", self.clock_ms))
+                events.append(("cut", self.clock_ms))
                 self.stretch_from = self.clock_ms
             return events
         if self.silence_from is None:
@@ -176,49 +183,75 @@ Transcribe = Callable[[Samples, str], Awaitable[str]]
 
 @dataclass
 class TurnTranscript:
-    """One user turn, transcribed a stretch at a time while it is spoken.
+    """One user turn, transcribed while it is spoken.
 
-    `cut(ms)` sends the audio from the last cut to `ms` to the pool now; `finish(end_ms)` sends the
-    rest and returns the whole text once every stretch is done. Each stretch is prompted with the
-    text before it, as Whisper continues a long recording.
+    `pause(ms)` starts transcribing the current stretch (from the last fixed point to `ms`) as a
+    guess, replacing the previous guess; once the stretch is STRETCH_MS long the pause fixes it
+    instead, and `cut(ms)` always does. `finish(end_ms)` keeps the last guess when no speech
+    followed it (the usual end: the final silence was a pause first), else transcribes the rest,
+    and returns the whole text once every part is done. Each part is prompted with the session's
+    prompt and the text of the fixed parts already done.
     """
 
     buffer: InputAudio
     start_ms: float
     transcribe: Transcribe
     prompt: str = ""
-    cut_ms: float = field(init=False)
-    stretches: list[asyncio.Task[str]] = field(default_factory=list)
+    fixed: list[asyncio.Task[str]] = field(default_factory=list)
+    stretch_from: float = field(init=False)
+    guess: tuple[float, asyncio.Task[str]] | None = None
 
     def __post_init__(self) -> None:
-        self.cut_ms = self.start_ms
+        self.stretch_from = self.start_ms
+
+    def _start(self, start_ms: float, end_ms: float) -> asyncio.Task[str]:
+        samples = self.buffer.between(start_ms, min(end_ms + STRETCH_MARGIN_MS, self.buffer.end_ms))
+        done = [
+            task.result()
+            for task in self.fixed
+            if task.done() and not task.cancelled() and not task.exception()
+        ]
+        prompt = " ".join(filter(None, [self.prompt, *done]))[-800:]
+        return asyncio.ensure_future(self.transcribe(samples, prompt))
+
+    def _drop_guess(self) -> None:
+        if self.guess is not None:
+            self.guess[1].cancel()
+            self.guess = None
+
+    def pause(self, ms: float) -> None:
+        if ms - self.stretch_from < WINDOW_MS * 4:
+            return  # nothing worth hearing yet
+        if ms - self.stretch_from >= STRETCH_MS:
+            self.cut(ms)
+            return
+        self._drop_guess()
+        self.guess = (ms, self._start(self.stretch_from, ms))
 
     def cut(self, ms: float) -> None:
-        if ms - self.cut_ms < WINDOW_MS * 4:
-            return  # nothing worth hearing yet
-        samples = self.buffer.between(self.cut_ms, min(ms + STRETCH_MARGIN_MS, self.buffer.end_ms))
-        self.cut_ms = ms
-        before = list(self.stretches)
-        self.stretches.append(asyncio.ensure_future(self._one(samples, before)))
-
-    async def _one(self, samples: Samples, before: list[asyncio.Task[str]]) -> str:
-        # Stretches run in order: each is prompted with what came before it.
-        earlier = [await task for task in before]
-        prompt = " ".join(filter(None, [self.prompt, *earlier]))[-800:]
-        return await self.transcribe(samples, prompt)
+        self._drop_guess()
+        self.fixed.append(self._start(self.stretch_from, ms))
+        self.stretch_from = ms
 
     def finish(self, end_ms: float) -> asyncio.Future[str]:
-        """Send the rest (up to `end_ms`) now, while the buffer still holds it; the future gives the
-        whole text once every stretch is done."""
-        if end_ms - self.cut_ms >= WINDOW_MS * 2 or not self.stretches:
-            samples = self.buffer.between(self.cut_ms, min(end_ms + STRETCH_MARGIN_MS, self.buffer.end_ms))
-            self.stretches.append(asyncio.ensure_future(self._one(samples, list(self.stretches))))
-        return asyncio.ensure_future(self._joined())
-
-    async def _joined(self) -> str:
-        texts = [await task for task in self.stretches]
-        return " ".join(text.strip() for text in texts if text.strip())
+        """Take the rest (up to `end_ms`) now, while the buffer still holds it; the future gives the
+        whole text once every part is done."""
+        parts = list(self.fixed)
+        if self.guess is not None and self.guess[0] >= end_ms - WINDOW_MS:
+            parts.append(self.guess[1])  # nothing was said after the pause it heard
+            self.guess = None
+        elif end_ms - self.stretch_from >= WINDOW_MS * 2 or not parts:
+            self._drop_guess()
+            parts.append(self._start(self.stretch_from, end_ms))
+        self._drop_guess()
+        return asyncio.ensure_future(_joined(parts))
 
     def cancel(self) -> None:
-        for task in self.stretches:
+        self._drop_guess()
+        for task in self.fixed:
             task.cancel()
+
+
+async def _joined(parts: list[asyncio.Task[str]]) -> str:
+    texts = [await task for task in parts]
+    return " ".join(text.strip() for text in texts if text.strip())
