@@ -347,4 +347,6 @@ async def stream(target: Target, body: dict[str, Any]) -> AsyncIterator[Events]:
         await events.start()
         yield events
     finally:
-        await response.aclose()
+        # Shielded: a second cancellation arriving while it closes must not leave the upstream
+        # generating into a connection nobody reads.
+        await asyncio.shield(response.aclose())

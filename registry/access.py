@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from registry import audit, db_threads, keys, snapshot
+from registry import audit, client_secrets, db_threads, keys, snapshot
 from registry.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from registry.models import ApiKey
 
@@ -41,10 +41,20 @@ def authenticate(secret: str, *, client: str = "") -> ApiKey:
     """
     _check_failures(client)
     try:
+        if client_secrets.is_client_secret(secret):
+            return _redeemed(secret)
         return _authenticate(secret)
     except AuthenticationFailed:
         _count_failure(client)
         raise
+
+
+def _redeemed(value: str) -> ApiKey:
+    """The key a client secret stands for (registry/client_secrets.py), checked as the key itself."""
+    minted = client_secrets.redeem(value)
+    if minted is None or minted.key_hash is None:
+        raise refused("The client secret is unknown or has expired.")
+    return authenticate_hashed(minted.key_hash, shown=minted.prefix)
 
 
 def _authenticate(secret: str) -> ApiKey:

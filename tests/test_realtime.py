@@ -253,6 +253,7 @@ LONG_REPLY = (
 
 def test_cancel_stops_the_upstream_and_speech(realtime: Callable[..., Any], fresh_upstream: Any) -> None:
     fresh_upstream.reply, fresh_upstream.hold = LONG_REPLY, True
+    fresh_upstream.token_delay = 0.02  # a disconnect is seen at a write after it: not all at once
     connection, events = realtime(model="fake-llm")
     events.until("session.created")
     say(connection, "Tell me the weather.")
@@ -277,6 +278,7 @@ def test_barge_in_cancels_and_truncate_keeps_only_what_was_heard(
     realtime: Callable[..., Any], fresh_upstream: Any
 ) -> None:
     fresh_upstream.reply, fresh_upstream.hold = LONG_REPLY, True
+    fresh_upstream.token_delay = 0.02  # a disconnect is seen at a write after it: not all at once
     connection, events = realtime(model="fake-llm")
     events.until("session.created")
     say(connection, "Tell me the weather.")
@@ -449,6 +451,7 @@ def test_closing_the_socket_stops_the_response_and_logs_the_session(
     realtime: Callable[..., Any], fresh_upstream: Any
 ) -> None:
     fresh_upstream.reply, fresh_upstream.hold = LONG_REPLY, True
+    fresh_upstream.token_delay = 0.02  # a disconnect is seen at a write after it: not all at once
     connection, events = realtime(model="fake-llm")
     session_id = events.until("session.created")[-1]["session"]["id"]
     say(connection, "Tell me the weather.")

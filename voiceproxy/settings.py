@@ -114,6 +114,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "adrf",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files (/docs/): no CDN
     "axes",
     "registry",
     "chat",
@@ -124,6 +125,8 @@ MIDDLEWARE = [
     "registry.api.middleware.AuditMiddleware",
     # /v1/ only: ALLOWED_HOSTS, the body-size limit, the headers Django's own would add.
     "registry.api.middleware.ApiGuardMiddleware",
+    # /static/ (admin, playground, docs): compressed, cached, async (no thread hop for the rest).
+    "servestatic.middleware.ServeStaticMiddleware",
     # Django's own, for the admin and the rest of the site; /v1/ passes them by
     # (registry/api/site_middleware.py).
     "registry.api.site_middleware.SiteSecurityMiddleware",
@@ -198,6 +201,14 @@ STATIC_URL = "/static/"
 # A new API key's secret is shown once through a message: keep it server-side, not in a cookie.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 STATIC_ROOT = DATA_DIR / "static"
+# Served from the apps' static folders as they are (no collectstatic step needed); `collectstatic`
+# adds pre-compressed copies that ServeStatic sends to clients that accept them.
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_MAX_AGE = 3600
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
+}
 
 # --- the gateway's own knobs (each documented in README.md) ---
 VOICEPROXY_ALLOW_ANONYMOUS = env_bool("VOICEPROXY_ALLOW_ANONYMOUS", False)
@@ -283,6 +294,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "TranscriptionFormat": ["json", "text", "srt", "verbose_json", "vtt"],
         "SpeechFormat": ["mp3", "opus", "aac", "flac", "wav", "pcm"],

@@ -1,5 +1,4 @@
 from django.contrib import admin
-from django.contrib.staticfiles.views import serve as static_serve
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
@@ -25,9 +24,8 @@ urlpatterns = [
     path("health", health.health, name="health"),
     path("health/ready", health.ready, name="ready"),
     path("admin/", admin.site.urls),
-    # The admin's CSS and JS. daphne serves no static files; these few are served by Django from
-    # the installed apps (no collectstatic step), which is plenty for an operator's admin pages.
-    re_path(r"^static/(?P<path>.*)$", static_serve, {"insecure": True}),
+    # The front door: landing page, playground, API docs (static files: ServeStatic middleware).
+    path("", include("chat.web.urls")),
 ]
 
 handler404 = "registry.api.errors.handler404"

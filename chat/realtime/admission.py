@@ -6,34 +6,27 @@
     mint_secret()    POST /v1/realtime/client_secrets: a short-lived `ek_` secret for a browser,
                      standing for the key that minted it and the session it configured
 
-Client secrets live in Django's cache (Redis when configured, so every replica knows them) under
-the hash of their value; the key they stand for is checked again (revoked, expired, rate) when used.
+Client secrets are registry/client_secrets.py's; the key they stand for is checked again when used.
 Concurrent sessions are counted per process, and per key within the process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import secrets
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
 from chat import upstream
 from chat.realtime.config import Kind, SessionConfig, new_config
 from chat.realtime.conversation import new_id
-from registry import access, catalog
+from registry import access, catalog, client_secrets
 from registry.errors import InvalidRequest, SessionsFull, TooManySessions
 from registry.models import ApiKey
 from registry.speech import workers
 
 SUBPROTOCOL_KEY = "openai-insecure-api-key."
-CLIENT_SECRET_PREFIX = "ek_"  # noqa: S105 - the prefix of minted secrets, not a secret
 SECRET_SECONDS_DEFAULT = 600
 SECRET_SECONDS_RANGE = (10, 7200)
 
@@ -65,10 +58,6 @@ def open_sessions() -> int:
     return sum(_sessions.values())
 
 
-def _secret_key(value: str) -> str:
-    return "voiceproxy:realtime-secret:" + hashlib.sha256(value.encode()).hexdigest()
-
-
 def _token(headers: dict[str, str], subprotocols: list[str]) -> tuple[str, str | None]:
     """The key the client sent, and the subprotocol to answer with (a browser must get one of its own)."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -91,15 +80,14 @@ async def _key(token: str, client: str) -> tuple[ApiKey | None, dict[str, Any]]:
             "You didn't provide an API key. Send 'Authorization: Bearer YOUR_API_KEY', the subprotocol "
             f"'{SUBPROTOCOL_KEY}YOUR_API_KEY', or a client secret from /v1/realtime/client_secrets."
         )
-    if not token.startswith(CLIENT_SECRET_PREFIX):
+    if not client_secrets.is_client_secret(token):
         return await access.aauthenticate(token, client=client), {}
-    minted = await cache.aget(_secret_key(token))
-    if not isinstance(minted, dict) or minted["expires_at"] <= time.time():
+    minted = await client_secrets.aredeem(token)
+    if minted is None:
         raise access.refused("The client secret is unknown or has expired.")
-    if minted["key_hash"] is None:
-        return None, minted["session"]
-    key = await asyncio.to_thread(access.authenticate_hashed, minted["key_hash"], shown=minted["prefix"])
-    return key, minted["session"]
+    if minted.key_hash is None:  # minted where no key is needed
+        return None, minted.session
+    return await access.aauthenticate(token, client=client), minted.session
 
 
 async def admit(
@@ -176,7 +164,6 @@ async def mint_secret(*, api_key: ApiKey | None, data: Any) -> dict[str, Any]:
     model = session.get("model") or ""
     if kind == "realtime" and model:
         await check_model(api_key, model, param="session.model")
-    expires_at = int(time.time()) + seconds
     config = new_config(
         session_id=new_id("sess"),
         model=model,
@@ -184,12 +171,5 @@ async def mint_secret(*, api_key: ApiKey | None, data: Any) -> dict[str, Any]:
         max_seconds=settings.VOICEPROXY_REALTIME_MAX_SECONDS,
     )
     config = config.updated(session)  # InvalidRequest naming the field
-    value = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)
-    minted = {
-        "key_hash": api_key.secret_hash if api_key is not None else None,
-        "prefix": api_key.prefix if api_key is not None else "",
-        "session": session,
-        "expires_at": expires_at,
-    }
-    await cache.aset(_secret_key(value), minted, timeout=seconds)
+    value, expires_at = await client_secrets.mint(api_key=api_key, seconds=seconds, session=session)
     return {"value": value, "expires_at": expires_at, "session": config.render()}

@@ -278,6 +278,7 @@ class Response:
         self.calls: dict[int, _Call] = {}
         self.held = ""  # text held while it may be a tool call
         self.cancel_reason = "client_cancelled"
+        self.cancelling = False
         self.tokens: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
         self.closed: list[Item] = []
@@ -332,10 +333,13 @@ class Response:
             await self.send({"type": "conversation.item.done", "item": item.data})
 
     def cancel(self, reason: str) -> None:
-        """Stop now: the upstream request is closed and speech stops before its next chunk."""
+        """Stop now: the upstream request is closed and speech stops before its next chunk. Once:
+        a second Task.cancel() would land inside the first one's cleanup (closing the upstream)."""
+        if self.task is None or self.task.done() or self.cancelling:
+            return
+        self.cancelling = True
         self.cancel_reason = reason
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self.task.cancel()
 
     async def run(self) -> None:
         plan = self.plan

@@ -182,8 +182,10 @@ class RealtimeSession:
         if self.turn is not None:
             self.turn.cancel()
         others = [task for task in self.tasks if task is not asyncio.current_task()]
+        response_task = self.response.task if self.response is not None else None
         for task in others:
-            task.cancel()
+            if task is not response_task:  # cancelled once, above
+                task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         usage = self.record.usage
         usage.audio_seconds_in = round(self.audio_in_s, 3)

@@ -62,13 +62,17 @@ def _cache_ok() -> bool:
         return False
 
 
-async def ready(request: HttpRequest) -> HttpResponse:
+async def readiness() -> dict[str, Any]:
+    """`{"status": "ok" | "unavailable" | "draining", "checks": {...}}`: the database (and Redis
+    when configured) answer, and the server is not shutting down."""
     checks = {"database": await sync_to_async(_database_ok, thread_sensitive=False)()}
     if settings.REDIS_URL:
         checks["redis"] = await sync_to_async(_cache_ok, thread_sensitive=False)()
-    ok = all(checks.values())
     if drain.draining():  # shutting down: a load balancer should send no more work here
-        return JsonResponse({"status": "draining", "checks": checks}, status=503)
-    return JsonResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
-    )
+        return {"status": "draining", "checks": checks}
+    return {"status": "ok" if all(checks.values()) else "unavailable", "checks": checks}
+
+
+async def ready(request: HttpRequest) -> HttpResponse:
+    state = await readiness()
+    return JsonResponse(state, status=200 if state["status"] == "ok" else 503)
