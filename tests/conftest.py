@@ -217,5 +217,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # A failing test shows the server's side of the story: the tail of the daphne log.
     outcome = yield
     report = outcome.get_result()
+    setattr(item, "report_" + report.when, report)  # for fixtures that keep evidence of a failure
     if report.failed and _servers:
         report.sections.append(("daphne log (tail)", "\n".join(_servers[0].log().splitlines()[-80:])))

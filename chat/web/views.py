@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from registry import catalog, client_secrets
 from registry.api import health
+from registry.errors import error_body
 from registry.models import ApiKey
 
 PLAYGROUND_SECRET_SECONDS = 600
@@ -29,7 +30,7 @@ async def home(request: HttpRequest) -> HttpResponse:
             "ready": ready,
             "stt": [m for m in models if m.get("task") == "stt" and not m.get("alias_of")],
             "tts": [m for m in models if m.get("task") == "tts" and not m.get("alias_of")],
-            "chat": [m for m in models if not m.get("task")],
+            "chat": [m for m in models if m.get("task") == "chat"],
             "staff": user.is_staff,
         },
     )
@@ -55,8 +56,8 @@ async def playground_secret(request: HttpRequest) -> HttpResponse:
     """A staff user logged in to the admin gets a short-lived client secret (CSRF-checked)."""
     user = await request.auser()
     if not user.is_staff:
-        return JsonResponse({"error": {"message": "Log in to the admin as staff first.", "type": "permission_error",
-                                       "param": None, "code": "not_staff"}}, status=403)  # fmt: skip
+        body = error_body("Log in to the admin as staff first.", type="permission_error", code="not_staff")
+        return JsonResponse(body, status=403)
     key = await sync_to_async(_playground_key, thread_sensitive=False)(user)
     value, expires_at = await client_secrets.mint(api_key=key, seconds=PLAYGROUND_SECRET_SECONDS)
     return JsonResponse({"value": value, "expires_at": expires_at})
