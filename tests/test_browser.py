@@ -21,7 +21,9 @@ from tests.wer import wer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 QUESTION = "What is the weather like in Paris today?"
-ARTIFACTS = Path(os.environ.get("VOICEPROXY_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("VOICEPROXY_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts")
+)
 LONG_REPLY = (
     "Here is a long answer, so that you have time to interrupt me. The weather in Paris is mild today, "
     "with a light wind from the west and a few clouds over the river. In the evening it will be cool, "
@@ -37,7 +39,9 @@ def microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     samples, _ = audio.decode(speech.speech(QUESTION), sample_rate=24_000)
     silence = np.zeros(int(24_000 * 1.5), dtype=np.float32)
     path = tmp_path_factory.mktemp("mic") / "question.wav"
-    path.write_bytes(audio.encode_whole(np.concatenate([silence, samples, silence]), "wav", input_rate=24_000))
+    path.write_bytes(
+        audio.encode_whole(np.concatenate([silence, samples, silence]), "wav", input_rate=24_000)
+    )
     return path
 
 
@@ -69,7 +73,9 @@ def page(browser: Any, gateway: Server, request: pytest.FixtureRequest) -> Itera
     page = context.new_page()
     page.set_default_timeout(60_000)
     hosts: set[str] = set()
-    page.on("request", lambda r: hosts.add(urlsplit(r.url).netloc) if r.url.startswith(("http", "ws")) else None)
+    page.on(
+        "request", lambda r: hosts.add(urlsplit(r.url).netloc) if r.url.startswith(("http", "ws")) else None
+    )
     page.on("websocket", lambda ws: hosts.add(urlsplit(ws.url).netloc))
     page.requested_hosts = hosts
     yield page
@@ -94,6 +100,9 @@ def test_landing_page_lists_the_registry_models(page: Any, gateway: Server) -> N
     assert "rhasspy/piper-en_US-joe-medium" in page.inner_text("#tts-models")
     assert "fake-llm" in page.inner_text("#chat-models")
     assert "ok" in page.inner_text("#health")
+    if os.environ.get("VOICEPROXY_SCREENSHOTS"):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
     page.click("text=Open the playground")
     page.wait_for_selector("#panel-talk")
 
@@ -128,13 +137,18 @@ def test_talk_answers_a_spoken_question_aloud_and_speaking_over_it_interrupts(
         )
         truncation = page.evaluate("window.voiceproxyPlayground.truncations[0]")
         assert truncation["audio_end_ms"] >= 0
+        if os.environ.get("VOICEPROXY_SCREENSHOTS"):
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "talk.png"), full_page=True)
         page.click("#talk-stop")
         assert page.inner_text("#talk-state") == "Stopped."
     finally:
         upstream.reset()
 
 
-def test_transcribe_shows_the_text_and_word_timeline(page: Any, gateway: Server, api_key: Key, microphone: Path) -> None:
+def test_transcribe_shows_the_text_and_word_timeline(
+    page: Any, gateway: Server, api_key: Key, microphone: Path
+) -> None:
     sign_in(page, gateway, api_key.secret)
     page.click("#tab-transcribe")
     page.wait_for_function("document.querySelector('#stt-model').options.length > 0")

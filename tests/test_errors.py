@@ -55,3 +55,8 @@ def test_openapi_schema_lists_our_endpoints(gateway):
     assert schema["openapi"].startswith("3.")
     assert "/v1/models" in schema["paths"] and "/v1/models/{model_id}" in schema["paths"]
     assert schema["components"]["securitySchemes"]["ApiKeyAuth"]["scheme"] == "bearer"
+    speech = schema["paths"]["/v1/audio/speech"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "429", "503"} <= speech.keys()
+    assert speech["401"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert {"502", "504"} <= schema["paths"]["/v1/chat/completions"]["post"]["responses"].keys()
+    assert "101" in schema["paths"]["/v1/realtime"]["get"]["responses"]

@@ -297,6 +297,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "registry.api.schema.document_errors",  # error statuses; the Realtime endpoint
+    ],
     "ENUM_NAME_OVERRIDES": {
         "TranscriptionFormat": ["json", "text", "srt", "verbose_json", "vtt"],
         "SpeechFormat": ["mp3", "opus", "aac", "flac", "wav", "pcm"],

@@ -242,6 +242,7 @@ function interrupt() {
   const heard = Math.floor(talk.player.playedMs());
   talk.player.stop();
   page.interruptions += 1;
+  if (reply && reply.line) reply.line.classList.add("interrupted");
   if (reply && reply.itemId) {
     const audioEnd = Math.min(heard, Math.floor(reply.audioMs));
     talk.socket.send(JSON.stringify({ type: "conversation.item.truncate", item_id: reply.itemId, content_index: 0, audio_end_ms: audioEnd }));
