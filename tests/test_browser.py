@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from django.db import connections
 
 from bench.harness import speech
 from registry.speech import audio
@@ -64,6 +65,9 @@ def browser(microphone: Path) -> Iterator[Any]:
         )
         yield browser
         browser.close()
+        # Connections the key fixtures opened while Playwright's loop ran belong to that context:
+        # closed here, or PostgreSQL will not drop the test database at the end.
+        connections.close_all()
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
