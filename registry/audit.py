@@ -246,6 +246,11 @@ def current() -> AuditRecord | None:
     return _current.get()
 
 
+def leave() -> None:
+    """This context has no current record any more (its owner keeps and finishes it)."""
+    _current.set(None)
+
+
 def detached() -> contextvars.Context:
     """A copy of this context with no current record: work started in it (a Realtime session's
     transcriptions, say) records nothing on the record that started it until it opens its own."""

@@ -83,7 +83,8 @@ def audio_format(value: Any, param: str) -> AudioFormat:
         return _LEGACY_FORMATS[value]
     data = _object(value, param)
     _unknown(data, {"type", "rate"}, param)
-    kind = _FORMAT_TYPES.get(data.get("type", "audio/pcm"))
+    given = data.get("type", "audio/pcm")
+    kind = _FORMAT_TYPES.get(given) if isinstance(given, str) else None
     if kind is None:
         raise _bad(
             f"'{param}.type' must be one of audio/pcm, audio/pcmu, audio/pcma; got {data.get('type')!r}.",
@@ -126,7 +127,7 @@ def turn_detection(value: Any, param: str, current: dict[str, Any] | None) -> di
             base[name] = _flag(data[name], f"{param}.{name}")
     if kind == "semantic_vad":
         eagerness = data.get("eagerness", base.get("eagerness", "auto"))
-        if eagerness not in _EAGERNESS_SILENCE_MS:
+        if not isinstance(eagerness, str) or eagerness not in _EAGERNESS_SILENCE_MS:
             raise _bad(f"'{param}.eagerness' must be low, medium, high or auto.", f"{param}.eagerness")
         base["eagerness"] = eagerness
         base["silence_duration_ms"] = _EAGERNESS_SILENCE_MS[eagerness]

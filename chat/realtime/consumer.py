@@ -62,18 +62,23 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             record.finish(error.status)
             await self._deny(error)
             return
-        for model in (admitted.config.model,):
-            if model:
-                record.add_model(model)
+        if admitted.config.model:
+            record.add_model(admitted.config.model)
         await self.accept(subprotocol=admitted.subprotocol)
+        # The session's row stays open until the socket closes, but is no longer this context's
+        # current record: events handled here must see registry changes (a revoked key, a new
+        # model) as any request would, not the registry as it was at the handshake.
+        audit.leave()
         self.session = RealtimeSession(
             admitted=admitted, record=record, send=self._send_event, close=self._close
         )
         try:
             await self.session.start()
-        except OpenAIError as exc:  # a client secret's session that no longer applies
-            await self.session.error(exc)
-            await self.close(1008)
+        except Exception as exc:  # a client secret's session that no longer applies, say
+            if not isinstance(exc, OpenAIError):
+                logger.exception("realtime session failed to start")
+            await self.session.error(record.fail(exc))
+            await self._close(1008)
 
     async def _deny(self, error: OpenAIError) -> None:
         if "websocket.http.response" in (self.scope.get("extensions") or {}):

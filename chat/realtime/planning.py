@@ -3,6 +3,7 @@ event's overrides applied and checked, the upstream routed, the body and the ite
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from chat.realtime import admission
@@ -11,6 +12,7 @@ from chat.realtime.conversation import Item, new_id
 from chat.realtime.events import EventError
 from chat.realtime.items import client_item
 from chat.realtime.response import ResponsePlan
+from registry import access
 from registry.speech import tts
 
 if TYPE_CHECKING:
@@ -37,7 +39,10 @@ async def plan_response(session: RealtimeSession, given: dict[str, Any]) -> Resp
     if not isinstance(instructions, str):
         raise EventError("'response.instructions' must be a string.", param="response.instructions")
     fmt, voice_name, voicing = config.output_format, config.voice, session.voicing
-    output = ((given.get("audio") or {}).get("output") or {}) if isinstance(given.get("audio"), dict) else {}
+    audio = given.get("audio") or {}
+    output = audio.get("output") or {} if isinstance(audio, dict) else None
+    if not isinstance(output, dict):
+        raise EventError("'response.audio.output' must be an object.", param="response.audio.output")
     if output.get("format") is not None or given.get("output_audio_format") is not None:
         fmt = config.updated(
             {"audio": {"output": {"format": output.get("format") or given.get("output_audio_format")}}},
@@ -70,6 +75,12 @@ async def plan_response(session: RealtimeSession, given: dict[str, Any]) -> Resp
     if conversation_mode not in ("auto", "none"):
         raise EventError("'response.conversation' must be auto or none.", param="response.conversation")
     metadata = given.get("metadata")
+    if session.api_key is not None:
+        # The key again, as of now (revoked, expired, its rate limit: each response counts).
+        key = session.api_key
+        session.api_key = await asyncio.to_thread(
+            access.authenticate_hashed, key.secret_hash, shown=key.prefix
+        )
     target = await admission.check_model(session.api_key, config.model)
     body: dict[str, Any] = {"model": config.model}
     if offered:

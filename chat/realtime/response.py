@@ -186,10 +186,10 @@ class _Message:
             await asyncio.gather(self.speaker, return_exceptions=True)
         part = self.item.data["content"][0]
         if self.audio:
-            if not self.item.marks or status == "completed":
+            if status == "completed":
                 part["transcript"] = self.text
-            else:  # cut short: what was spoken, not what was written
-                part["transcript"] = self.text[: self.item.marks[-1][0]].strip()
+            else:  # cut short: what was spoken (whole sentences), not what was written
+                part["transcript"] = self.text[: self.item.marks[-1][0]].strip() if self.item.marks else ""
             await self.response.send({"type": "response.output_audio.done", **self.ids()})
             await self.response.send(
                 {
@@ -383,7 +383,7 @@ class Response:
                         "type": "error",
                         "error": {
                             "type": error.type,
-                            "code": error.code,
+                            "code": None if error.code is None else str(error.code),
                             "message": error.message,
                             "param": error.param,
                             "event_id": None,

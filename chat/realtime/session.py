@@ -32,7 +32,7 @@ from chat.realtime.planning import plan_response
 from chat.realtime.response import Response, ResponsePlan
 from chat.realtime.turns import InputAudio, SpeechProbe, TurnDetector, TurnTranscript
 from registry import audit
-from registry.errors import InvalidRequest, OpenAIError, ShuttingDown
+from registry.errors import AuthenticationFailed, InternalError, InvalidRequest, OpenAIError, ShuttingDown
 from registry.models import ApiKey
 from registry.resolved import ResolvedModel
 from registry.speech import audio, stt, tts, workers
@@ -45,6 +45,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # OpenAI's limit for one append
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
 MIN_TRANSCRIBED_MS = 100
+# The input buffer holds at most what OpenAI's does (15 MiB of 24 kHz pcm16: about 5.5 minutes)
+# or VOICEPROXY_MAX_AUDIO_SECONDS, whichever is shorter.
+MAX_BUFFER_MS = 15 * 1024 * 1024 / 2 / 24_000 * 1000
+MAX_ITEMS = 1000  # conversation items a session keeps
+MAX_PENDING_TRANSCRIPTIONS = 4  # committed turns and audio items not yet transcribed
 KEEP_BEFORE_TURN_MS = 1000  # audio kept beyond the prefix padding while no one speaks
 
 
@@ -69,21 +74,31 @@ class RealtimeSession:
         self.response: Response | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        self.planning = False  # a response is being planned (see _respond)
         self.started = time.monotonic()
         self.last_event = time.monotonic()
         self.audio_in_s = 0.0
+        self.max_buffer_ms = min(MAX_BUFFER_MS, settings.VOICEPROXY_MAX_AUDIO_SECONDS * 1000)
+        self.pending: set[asyncio.Future[str]] = set()  # transcriptions not done yet
         self.turns = 0
+        self.buffer = InputAudio(FORMAT_RATES[self.config.input_format])
+        self.turn: TurnTranscript | None = None
+        self.turn_item: str | None = None
+        self.listening: asyncio.Task[None] | None = None
         self._new_input()
         # Tasks run in a context of their own: no audit record current (a response opens its own),
         # and the session's reservation in the worker pool used by every call.
         self.context = audit.detached()
         if admitted.reservation is not None:
             self.context.run(workers.use, admitted.reservation)
+            workers.use(admitted.reservation)  # the edge's context: handlers' pool calls (decoding)
 
     # --- plumbing -------------------------------------------------------------------------------
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine, context=self.context.copy())
+        if self.closed:  # nothing starts after close(): its resources are given back
+            task.cancel()
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -113,8 +128,14 @@ class RealtimeSession:
         )
 
     def _new_input(self) -> None:
+        """A new input buffer (a new format or turn detection): the old one's VAD work and turn
+        stop, and the timeline goes on where it was."""
+        if self.listening is not None:
+            self.listening.cancel()
+        if self.turn is not None:
+            self.turn.cancel()
         rate = FORMAT_RATES[self.config.input_format]
-        self.buffer = InputAudio(rate)
+        self.buffer = InputAudio(rate, start_ms=self.buffer.end_ms)
         self.probe = SpeechProbe(rate)
         vad = self.config.turn_detection
         self.detector = (
@@ -127,9 +148,9 @@ class RealtimeSession:
             if vad
             else None
         )
-        self.turn: TurnTranscript | None = None
-        self.turn_item: str | None = None
-        self.listening: asyncio.Task[None] | None = None
+        self.turn = None
+        self.turn_item = None
+        self.listening = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -197,12 +218,15 @@ class RealtimeSession:
     # --- client events --------------------------------------------------------------------------
 
     async def receive(self, text: str | bytes) -> None:
+        """Handle one client event. Never raises: whatever goes wrong is an `error` event."""
+        if self.closed:
+            return
         self.last_event = time.monotonic()
         event_id = None
         try:
             try:
                 event = json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise EventError("The event is not valid JSON.", code="invalid_json") from exc
             if not isinstance(event, dict):
                 raise EventError("An event must be a JSON object.", code="invalid_event")
@@ -222,6 +246,10 @@ class RealtimeSession:
             await handler(self, event)
         except OpenAIError as exc:
             await self.error(exc, event_id)
+        except Exception as exc:  # a bug of ours: said as a server error, and the session goes on
+            logger.exception("realtime session %s: handling an event failed", self.config.id)
+            error = InternalError(f"The server could not handle the event ({type(exc).__name__}).")
+            await self.error(error, event_id)
 
     def _field(self, event: dict[str, Any], name: str) -> Any:
         if name not in event:
@@ -273,7 +301,7 @@ class RealtimeSession:
             samples = decode_input(data, fmt) if fmt == "pcm" else await workers.run(decode_input, data, fmt)
         except audio.AudioError as exc:
             raise EventError(str(exc), param="audio", code="invalid_audio") from exc
-        if self.buffer.end_ms - self.buffer.start_ms > settings.VOICEPROXY_MAX_AUDIO_SECONDS * 1000:
+        if self.buffer.end_ms - self.buffer.start_ms > self.max_buffer_ms:
             raise EventError(
                 "The input audio buffer is full: commit or clear it.",
                 param="audio",
@@ -288,10 +316,10 @@ class RealtimeSession:
 
     async def _listen(self) -> None:
         """Score the audio as it arrives and act on what the VAD hears, in order."""
-        while probabilities := await self.probe.probabilities():
-            detector = self.detector
-            if detector is None:
-                return
+        probe, detector = self.probe, self.detector
+        while probabilities := await probe.probabilities():
+            if detector is None or probe is not self.probe or detector is not self.detector:
+                return  # the buffer was cleared or replaced meanwhile: these scores are stale
             for probability in probabilities:
                 for kind, ms in detector.push(probability):
                     await self._turn_event(kind, ms)
@@ -391,8 +419,11 @@ class RealtimeSession:
 
     async def _respond_to_turn(self, stopped: float, transcribing: asyncio.Future[str]) -> None:
         """Answer a turn VAD ended; a response still winding down (cancelled by the barge-in) ends first."""
-        while self.response is not None and self.response.task is not None:
-            await asyncio.gather(self.response.task, return_exceptions=True)
+        while self.planning or self.response is not None:
+            if self.response is not None and self.response.task is not None:
+                await asyncio.gather(self.response.task, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)
         try:
             await self._respond(None, stt_started=stopped, awaiting=transcribing)
         except OpenAIError as exc:
@@ -452,10 +483,13 @@ class RealtimeSession:
     async def _clear(self, event: dict[str, Any]) -> None:
         if self.turn is not None:
             self.turn.cancel()
+        if self.listening is not None:
+            self.listening.cancel()
         self.buffer.clear()
         self.probe = SpeechProbe(self.buffer.rate)
         if self.detector is not None:
             self.detector.speaking, self.detector.clock_ms = False, self.buffer.end_ms
+            self.detector.silence_from, self.detector.paused = None, False
         self.turn, self.turn_item = None, None
         await self.send({"type": "input_audio_buffer.cleared"})
 
@@ -513,18 +547,35 @@ class RealtimeSession:
         stt_started: float | None = None,
         awaiting: asyncio.Future[str] | None = None,
     ) -> None:
-        if self.response is not None:
+        if self.response is not None or self.planning:
+            active = self.response.plan.id if self.response is not None else "(being planned)"
             raise EventError(
-                f"Conversation already has an active response in progress: {self.response.plan.id}. "
+                f"Conversation already has an active response in progress: {active}. "
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response",
             )
-        plan = await plan_response(self, overrides or {})
+        self.planning = True  # held across the awaits below: a second response cannot slip in
+        try:
+            plan = await plan_response(self, overrides or {})
+        except AuthenticationFailed as exc:  # the key was revoked or expired during the session
+            await self.error(exc)
+            await self._close(1008)
+            return
+        finally:
+            self.planning = False
+        if self.closed:
+            return
         if awaiting is not None and stt_started is not None:
             plan.messages = self._after_transcript(plan.messages, awaiting, stt_started, plan)
         response = Response(plan, send=self.send, conversation_add=lambda item: self.conversation.add(item))
         self.response = response
-        response.task = self.spawn(self._run(response))
+        response.task = self.spawn(response.run())
+        response.task.add_done_callback(lambda _: self._response_ended(response))
+
+    def _response_ended(self, response: Response) -> None:
+        # A callback, not a finally: a task cancelled before its first step runs no code of its own.
+        if self.response is response:
+            self.response = None
 
     def _after_transcript(
         self,
@@ -544,13 +595,6 @@ class RealtimeSession:
 
         return wait
 
-    async def _run(self, response: Response) -> None:
-        try:
-            await response.run()
-        finally:
-            if self.response is response:
-                self.response = None
-
     async def _response_cancel(self, event: dict[str, Any]) -> None:
         response_id = event.get("response_id")
         if self.response is None or (response_id and response_id != self.response.plan.id):
@@ -562,9 +606,13 @@ class RealtimeSession:
         self.response.cancel("client_cancelled")
 
     async def _output_audio_clear(self, event: dict[str, Any]) -> None:
-        if self.response is not None:
-            self.response.cancel("client_cancelled")
-        await self.send({"type": "output_audio_buffer.cleared", "response_id": None})
+        response = self.response
+        if response is None:
+            raise EventError(
+                "There is no response whose audio could be cleared.", code="response_cancel_not_active"
+            )
+        response.cancel("client_cancelled")
+        await self.send({"type": "output_audio_buffer.cleared", "response_id": response.plan.id})
 
 
 _HANDLERS: dict[str, Callable[[RealtimeSession, dict[str, Any]], Awaitable[None]]] = {

@@ -45,11 +45,11 @@ STRETCH_MARGIN_MS = 150.0
 class InputAudio:
     """Mono float samples at `rate`, from `start_ms` of the session's timeline to `end_ms`."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, start_ms: float = 0.0) -> None:
         self.rate = rate
         self._chunks: list[Samples] = []
         self._length = 0  # samples held
-        self._offset = 0  # samples of the timeline before the first one held
+        self._offset = round(start_ms * rate / 1000)  # samples of the timeline before the first one held
 
     @property
     def start_ms(self) -> float:
