@@ -13,10 +13,11 @@ from rest_framework.request import Request
 from chat import upstream, voice_chat
 from chat.realtime import admission
 from chat.serializers import ChatCompletionParams
+from registry import client_secrets
 from registry.api import sse
 from registry.api.parsers import CheckedJSONParser
 from registry.api.serializers import request_data
-from registry.errors import InvalidRequest
+from registry.errors import InvalidRequest, PermissionDenied
 
 
 async def _wire(events: AsyncIterator[voice_chat.Payload]) -> AsyncIterator[sse.Payload]:
@@ -61,5 +62,11 @@ class ClientSecretsView(APIView):
         responses={200: dict},
     )
     async def post(self, request: Request) -> HttpResponse:
+        scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if client_secrets.is_client_secret(token.strip()):
+            # Else a leaked browser secret could renew itself for as long as its key lives.
+            raise PermissionDenied(
+                "A client secret cannot mint client secrets; use an API key.", code="secret_not_allowed"
+            )
         body = await request_data(request)
         return JsonResponse(await admission.mint_secret(api_key=request.auth, data=body or {}))

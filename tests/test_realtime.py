@@ -432,6 +432,10 @@ def test_browser_subprotocol_key_and_client_secrets(
         expires_after={"anchor": "created_at", "seconds": 10},
     )
     assert secret.value.startswith("ek_") and secret.expires_at > time.time()
+    with pytest.raises(openai.PermissionDeniedError):  # a secret cannot renew itself
+        openai.OpenAI(
+            base_url=f"{gateway.url}/v1", api_key=secret.value, max_retries=0
+        ).realtime.client_secrets.create()
     assert api_key.secret not in secret.value
     browser = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=secret.value, max_retries=0)
     with browser.realtime.connect(model="echo-model") as connection:

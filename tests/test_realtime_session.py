@@ -156,3 +156,29 @@ def test_truncation_keeps_whole_sentences_then_a_share_of_words(end_ms: int, exp
     transcript = "One two three. Four five six seven."
     marks = [(14, 1000.0), (35, 2000.0)]
     assert heard(transcript, marks, end_ms) == expected
+
+
+def test_hostile_events_are_errors_and_the_session_goes_on(registry: Any, api_key: Key) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        hostile = [
+            {"type": "session.update", "session": {"audio": {"input": {"format": {"type": []}}}}},
+            {
+                "type": "session.update",
+                "session": {
+                    "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": []}}}
+                },
+            },
+            {"type": "response.create", "response": {"audio": {"output": "x"}}},
+            {"type": "input_audio_buffer.append", "audio": ["not", "base64"]},
+        ]
+        for event in hostile:
+            error = (await exchange(ws, event, "error"))[-1]["error"]
+            assert error["type"] == "invalid_request_error", error
+        await ws.send_to(text_data="[" * 200_000)  # deeper than any JSON parser recurses
+        assert check(await ws.receive_json_from(timeout=30))["error"]["code"] == "invalid_json"
+        ok = {"type": "session.update", "session": {"type": "realtime", "instructions": "still here"}}
+        assert (await exchange(ws, ok, "session.updated"))[-1]["session"]["instructions"] == "still here"
+        await ws.disconnect()
+
+    run(main())

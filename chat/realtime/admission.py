@@ -85,7 +85,9 @@ async def _key(token: str, client: str) -> tuple[ApiKey | None, dict[str, Any]]:
     minted = await client_secrets.aredeem(token)
     if minted is None:
         raise access.refused("The client secret is unknown or has expired.")
-    if minted.key_hash is None:  # minted where no key is needed
+    if minted.key_hash is None:  # minted where no key was needed: only while none is
+        if not settings.VOICEPROXY_ALLOW_ANONYMOUS:
+            raise access.refused("The client secret is unknown or has expired.")
         return None, minted.session
     return await access.aauthenticate(token, client=client), minted.session
 

@@ -7,11 +7,13 @@ that needs it waits for it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from chat.realtime.conversation import Item, new_id
 from chat.realtime.events import EventError, b64, decode_input
-from registry.errors import InvalidAudio
+from chat.realtime.turns import joined
+from registry.errors import OpenAIError
 from registry.speech import audio, workers
 from registry.speech.engines.base import Samples
 
@@ -63,6 +65,7 @@ async def client_item(session: RealtimeSession, data: Any, param: str) -> Item:
     content = data.get("content")
     if not isinstance(content, list) or not content:
         raise EventError(f"'{param}.content' must be a non-empty array.", param=f"{param}.content")
+    transcriptions: list[asyncio.Task[str]] = []
     parts: list[dict[str, Any]] = []
     item = Item({**base, "type": "message", "role": role, "content": parts})
     allowed = {
@@ -93,7 +96,7 @@ async def client_item(session: RealtimeSession, data: Any, param: str) -> Item:
             except audio.AudioError as exc:
                 raise EventError(str(exc), param=f"{where}.audio", code="invalid_audio") from exc
             parts.append({"type": "input_audio", "transcript": None})
-            item.transcript = session.spawn(_transcribe_part(session, item, len(parts) - 1, samples))
+            transcriptions.append(session.spawn(_transcribe_part(session, item, len(parts) - 1, samples)))
         elif kind in ("output_audio", "audio"):
             parts.append({"type": "output_audio", "transcript": str(part.get("transcript") or "")})
         else:
@@ -103,13 +106,15 @@ async def client_item(session: RealtimeSession, data: Any, param: str) -> Item:
                     f"'{where}.text' must be a string.", param=f"{where}.text", code="invalid_type"
                 )
             parts.append({"type": kind, "text": text})
+    if transcriptions:
+        item.transcript = session.track(asyncio.ensure_future(joined(transcriptions)))
     return item
 
 
 async def _transcribe_part(session: RealtimeSession, item: Item, index: int, samples: Samples) -> str:
     try:
         text = await session.transcribe(samples, session.prompt())
-    except InvalidAudio as exc:
+    except OpenAIError as exc:
         await session.send(
             {
                 "type": "conversation.item.input_audio_transcription.failed",

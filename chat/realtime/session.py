@@ -103,6 +103,28 @@ class RealtimeSession:
         task.add_done_callback(self._task_done)
         return task
 
+    def track(self, transcription: asyncio.Future[str]) -> asyncio.Future[str]:
+        """Count a transcription as pending until it ends (see check_pending())."""
+        self.pending.add(transcription)
+        transcription.add_done_callback(self.pending.discard)
+        return transcription
+
+    def check_pending(self) -> None:
+        """Refuse more audio to transcribe while MAX_PENDING_TRANSCRIPTIONS wait: one client must
+        not queue unbounded work (and audio) in the pool."""
+        if len(self.pending) >= MAX_PENDING_TRANSCRIPTIONS:
+            raise EventError(
+                f"{len(self.pending)} transcriptions of this session are still running; wait for their "
+                "completed events before committing more audio.",
+                code="too_many_pending_transcriptions",
+            )
+
+    def add_item(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Add to the conversation; past MAX_ITEMS the oldest items leave the context."""
+        previous = self.conversation.add(item, previous_item_id)
+        del self.conversation.items[: max(0, len(self.conversation.items) - MAX_ITEMS)]
+        return previous
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -373,6 +395,7 @@ class RealtimeSession:
         return result.text
 
     async def _commit_event(self, event: dict[str, Any]) -> None:
+        self.check_pending()
         if self.buffer.end_ms - self.buffer.start_ms < MIN_COMMIT_MS:
             raise EventError(
                 "Error committing input audio buffer: buffer too small. "
@@ -405,10 +428,10 @@ class RealtimeSession:
             }
         )
         # Cut now, before the buffer lets go of the turn; in the session's context (no audit record).
-        transcribing = self.context.copy().run(turn.finish, end_ms)
+        transcribing = self.track(self.context.copy().run(turn.finish, end_ms))
         item.transcript = transcribing
         self.buffer.drop_until(end_ms)
-        previous = self.conversation.add(item)
+        previous = self.add_item(item)
         await self.send(
             {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}
         )
@@ -496,9 +519,10 @@ class RealtimeSession:
     # --- conversation ---------------------------------------------------------------------------
 
     async def _item_create(self, event: dict[str, Any]) -> None:
+        self.check_pending()
         item = await client_item(self, self._field(event, "item"), "item")
         before = event.get("previous_item_id")
-        previous = self.conversation.add(item, before if isinstance(before, str) else None)
+        previous = self.add_item(item, before if isinstance(before, str) else None)
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.data})
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item.data})
 
@@ -567,7 +591,7 @@ class RealtimeSession:
             return
         if awaiting is not None and stt_started is not None:
             plan.messages = self._after_transcript(plan.messages, awaiting, stt_started, plan)
-        response = Response(plan, send=self.send, conversation_add=lambda item: self.conversation.add(item))
+        response = Response(plan, send=self.send, conversation_add=self.add_item)
         self.response = response
         response.task = self.spawn(response.run())
         response.task.add_done_callback(lambda _: self._response_ended(response))

@@ -212,7 +212,9 @@ class TurnTranscript:
             if task.done() and not task.cancelled() and not task.exception()
         ]
         prompt = " ".join(filter(None, [self.prompt, *done]))[-800:]
-        return asyncio.ensure_future(self.transcribe(samples, prompt))
+        task = asyncio.ensure_future(self.transcribe(samples, prompt))
+        task.add_done_callback(_retrieved)
+        return task
 
     def _drop_guess(self) -> None:
         if self.guess is not None:
@@ -244,7 +246,7 @@ class TurnTranscript:
             self._drop_guess()
             parts.append(self._start(self.stretch_from, end_ms))
         self._drop_guess()
-        return asyncio.ensure_future(_joined(parts))
+        return asyncio.ensure_future(joined(parts))
 
     def cancel(self) -> None:
         self._drop_guess()
@@ -252,6 +254,16 @@ class TurnTranscript:
             task.cancel()
 
 
-async def _joined(parts: list[asyncio.Task[str]]) -> str:
-    texts = [await task for task in parts]
-    return " ".join(text.strip() for text in texts if text.strip())
+async def joined(parts: list[asyncio.Task[str]]) -> str:
+    """The parts' texts in order; the first failure raised once all have ended (none is left running)."""
+    results = await asyncio.gather(*parts, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return " ".join(str(text).strip() for text in results if str(text).strip())
+
+
+def _retrieved(task: asyncio.Task[str]) -> None:
+    """A replaced guess's failure is nobody's: marked as seen, not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
