@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench.harness.speech import speech
+from tests.test_transcriptions import ENGLISH_FUNCTION_WORDS, SPANISH_WORDS
 from tests.wer import wer
 
 WER_BOUND = 0.25  # as tests/test_transcriptions.py: tiny.en on espeak speech measures 0 to 10 percent
@@ -38,36 +39,6 @@ SPANISH = (
     "Los domingos comemos juntos en casa de mis padres."
 )
 ENGLISH_WORDS = {"cat", "house", "beach", "friends", "sister", "hospital", "city", "sundays", "parents"}
-ENGLISH_FUNCTION_WORDS = {
-    "the",
-    "to",
-    "i",
-    "we",
-    "a",
-    "in",
-    "is",
-    "my",
-    "with",
-    "and",
-    "of",
-    "at",
-    "are",
-    "tomorrow",
-}
-SPANISH_WORDS = {
-    "el",
-    "la",
-    "gato",
-    "casa",
-    "playa",
-    "mañana",
-    "amigos",
-    "vamos",
-    "duerme",
-    "con",
-    "mis",
-    "los",
-}
 
 
 def frames(wav: bytes) -> bytes:

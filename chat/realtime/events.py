@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-from registry.errors import InvalidRequest
+from registry.errors import InvalidRequest, OpenAIError
 from registry.speech import audio
 from registry.speech.engines.base import Samples
 
@@ -29,3 +29,17 @@ def decode_input(data: bytes, fmt: str) -> Samples:
     if fmt == "pcm":
         return audio.from_s16le(data)
     return audio.g711_decode(data, fmt)
+
+
+def error_event(exc: OpenAIError, event_id: str | None = None) -> dict[str, Any]:
+    """The `error` server event for `exc`, naming the client event that caused it, if any."""
+    return {
+        "type": "error",
+        "error": {
+            "type": exc.type,
+            "code": None if exc.code is None else str(exc.code),
+            "message": exc.message,
+            "param": exc.param,
+            "event_id": event_id,
+        },
+    }

@@ -24,6 +24,7 @@ from typing import Any
 from chat import upstream
 from chat.realtime.config import AudioFormat, render_format
 from chat.realtime.conversation import Item, function_call_arguments, new_id
+from chat.realtime.events import error_event
 from registry import audit
 from registry.errors import OpenAIError
 from registry.speech import audio, tts, workers
@@ -378,18 +379,7 @@ class Response:
                     "error": {"type": error.type, "code": str(error.code or ""), "message": error.message},
                 }
                 self._stop()
-                await self.send(
-                    {
-                        "type": "error",
-                        "error": {
-                            "type": error.type,
-                            "code": None if error.code is None else str(error.code),
-                            "message": error.message,
-                            "param": error.param,
-                            "event_id": None,
-                        },
-                    }
-                )
+                await self.send(error_event(error))
             record.usage.tokens = self.tokens
             item_status = "completed" if status == "completed" else "incomplete"
             if self.message is not None:

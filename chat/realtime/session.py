@@ -26,7 +26,7 @@ from chat.realtime.config import (
     SessionConfig,
 )
 from chat.realtime.conversation import Conversation, Item, new_id
-from chat.realtime.events import EventError, b64, decode_input
+from chat.realtime.events import EventError, b64, decode_input, error_event
 from chat.realtime.items import client_item
 from chat.realtime.planning import plan_response
 from chat.realtime.response import Response, ResponsePlan
@@ -136,18 +136,7 @@ class RealtimeSession:
         await self._send({"event_id": new_id("event"), **event})
 
     async def error(self, exc: OpenAIError, event_id: str | None = None) -> None:
-        await self.send(
-            {
-                "type": "error",
-                "error": {
-                    "type": exc.type,
-                    "code": None if exc.code is None else str(exc.code),
-                    "message": exc.message,
-                    "param": exc.param,
-                    "event_id": event_id,
-                },
-            }
-        )
+        await self.send(error_event(exc, event_id))
 
     def _new_input(self) -> None:
         """A new input buffer (a new format or turn detection): the old one's VAD work and turn
