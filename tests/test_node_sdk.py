@@ -28,6 +28,7 @@ import pytest
 
 from bench.harness.speech import speech
 from tests.audit_log import audit_row
+from tests.test_transcriptions import ENGLISH_FUNCTION_WORDS, SPANISH_WORDS
 from tests.wer import wer, words
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -212,8 +213,12 @@ def test_node_sdk_translates_spanish_speech_into_english(node_sdk, relay, tmp_pa
     result = node_sdk("translate", str(path))
     assert_chunked(relay.only_head())
     said = set(words(result["text"]))
-    assert len(SPANISH_IN_ENGLISH & said) >= 2, result["text"]
-    assert not {"gato", "casa", "playa", "amigos"} & said, result["text"]
+    # English out, not the Spanish heard: what Whisper base makes of espeak's Spanish varies from
+    # run to run (its temperature fallback samples), as in test_transcriptions.py.
+    assert len(said & (SPANISH_IN_ENGLISH | ENGLISH_FUNCTION_WORDS)) >= 2, result["text"]
+    assert len(said & SPANISH_WORDS) < len(said & (SPANISH_IN_ENGLISH | ENGLISH_FUNCTION_WORDS)), result[
+        "text"
+    ]
     row = check_row(result, node_sdk.key, "/v1/audio/translations", bytes_in=path.stat().st_size)
     assert row.model_names == "Systran/faster-whisper-base"
 
