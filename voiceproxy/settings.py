@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+import voiceproxy
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -291,7 +293,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "voiceproxy",
     "DESCRIPTION": "OpenAI-compatible voice gateway: speech to text, text to speech, voice chat.",
-    "VERSION": "0.1.0",
+    "VERSION": voiceproxy.__version__,
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/v1",
     "SWAGGER_UI_DIST": "SIDECAR",

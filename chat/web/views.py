@@ -12,9 +12,9 @@ from registry import catalog, client_secrets
 from registry.api import health
 from registry.errors import error_body
 from registry.models import ApiKey
+from voiceproxy import __version__
 
 PLAYGROUND_SECRET_SECONDS = 600
-VERSION = "0.1.0"
 
 
 async def home(request: HttpRequest) -> HttpResponse:
@@ -26,7 +26,7 @@ async def home(request: HttpRequest) -> HttpResponse:
         request,
         "web/home.html",
         {
-            "version": VERSION,
+            "version": __version__,
             "ready": ready,
             "stt": [m for m in models if m.get("task") == "stt" and not m.get("alias_of")],
             "tts": [m for m in models if m.get("task") == "tts" and not m.get("alias_of")],
@@ -38,7 +38,7 @@ async def home(request: HttpRequest) -> HttpResponse:
 
 async def playground(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
-    return render(request, "web/playground.html", {"staff": user.is_staff, "version": VERSION})
+    return render(request, "web/playground.html", {"staff": user.is_staff, "version": __version__})
 
 
 def _playground_key(user: AbstractBaseUser | AnonymousUser) -> ApiKey:
