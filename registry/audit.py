@@ -31,6 +31,7 @@ from typing import Any, Literal
 from registry import db_threads
 from registry.errors import OpenAIError, as_openai_error
 from registry.journal import journal
+from registry.routes import route_of
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class AuditRecord:
             "key_prefix": self.key_prefix,
             "method": self.method,
             "endpoint": self.endpoint,
+            "route": route_of(self.endpoint),
             "model_names": ",".join(self.models)[:500],
             "status_code": status_code,
             "error_type": error.type if error else "",

@@ -304,6 +304,8 @@ class RequestLog(models.Model):
     key_prefix = models.CharField(max_length=keys.PREFIX_LENGTH, blank=True, db_index=True)
     method = models.CharField(max_length=10)
     endpoint = models.CharField(max_length=200, db_index=True)
+    # The endpoint's route, e.g. /v1/models/{model_id} (registry/routes.py): what the admin groups by.
+    route = models.CharField(max_length=200, blank=True, default="")
     model_names = models.CharField(
         "models", max_length=500, blank=True, help_text="Models used, comma-separated."
     )
@@ -340,6 +342,13 @@ class RequestLog(models.Model):
         ordering = ["-created"]
         verbose_name = "request log entry"
         verbose_name_plural = "request log"
+        # The admin's filters, each with the list's order, so a filtered page reads an index range.
+        indexes = [
+            models.Index(fields=["route", "-created"], name="requestlog_route_created"),
+            models.Index(fields=["status_code", "-created"], name="requestlog_status_created"),
+            models.Index(fields=["api_key", "-created"], name="requestlog_key_created"),
+            models.Index(fields=["upstream", "-created"], name="requestlog_upstream_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.method} {self.endpoint} {self.status_code}"

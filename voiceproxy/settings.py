@@ -106,7 +106,7 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("VOICEPROXY_CSRF_TRUSTED_ORIG
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "registry.apps.VoiceproxyAdminConfig",  # django.contrib.admin with our site (dashboard...)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -247,6 +247,20 @@ VOICEPROXY_REALTIME_MAX_SECONDS = env_int("VOICEPROXY_REALTIME_MAX_SECONDS", 360
 # audit row, then exit.
 VOICEPROXY_DRAIN_SECONDS = env_int("VOICEPROXY_DRAIN_SECONDS", 30, minimum=0)
 VOICEPROXY_LOG_LEVEL = env_str("VOICEPROXY_LOG_LEVEL", "INFO").upper()
+# The operator's seat (issue 17). Audit rows older than this many days are deleted by
+# `manage.py pruneaudit` (run it from cron); 0 keeps them for ever.
+VOICEPROXY_AUDIT_RETENTION_DAYS = env_int("VOICEPROXY_AUDIT_RETENTION_DAYS", 90, minimum=0)
+# /metrics (Prometheus): open to these client addresses (comma-separated IPs or networks), and to
+# any client that sends `Authorization: Bearer <VOICEPROXY_METRICS_TOKEN>` when a token is set.
+VOICEPROXY_METRICS_ALLOW = [
+    a.strip() for a in env_str("VOICEPROXY_METRICS_ALLOW", "127.0.0.1,::1").split(",") if a.strip()
+]
+VOICEPROXY_METRICS_TOKEN = env_str("VOICEPROXY_METRICS_TOKEN", "")
+# Logs: "text" (one readable line per event) or "json" (one JSON object per line, with the request id).
+VOICEPROXY_LOG_FORMAT = env_str("VOICEPROXY_LOG_FORMAT", "text").lower()
+# Every server process reports its model cache to the database this often (seconds); a process not
+# heard from for three beats is shown as gone.
+VOICEPROXY_HEARTBEAT_SECONDS = env_float("VOICEPROXY_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 # Failed admin logins from one client address before it is locked out, and for how long.
 VOICEPROXY_ADMIN_LOGIN_FAILURES = env_int("VOICEPROXY_ADMIN_LOGIN_FAILURES", 5, minimum=1)
 VOICEPROXY_ADMIN_LOCKOUT_MINUTES = env_int("VOICEPROXY_ADMIN_LOCKOUT_MINUTES", 15, minimum=1)
