@@ -29,10 +29,7 @@ class StringListField(forms.Field):
     def to_python(self, value: Any) -> list[str]:
         if value in (None, ""):
             return []
-        if isinstance(value, (list, tuple)):
-            items = [str(v) for v in value]
-        else:
-            items = str(value).splitlines()
+        items = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).splitlines()
         return [item.strip() for item in items if item.strip()]
 
     def validate(self, value: list[str]) -> None:
