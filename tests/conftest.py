@@ -209,6 +209,36 @@ def http(gateway: Server, api_key: Key) -> Iterator[httpx.Client]:
         yield session
 
 
+@pytest.fixture(scope="module")
+def admin(gateway: Server) -> Iterator[Any]:
+    """An httpx session logged in to the live server's admin as a new superuser."""
+    from tests.admin_client import logged_in
+
+    with logged_in(gateway.url) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def admin_browser(gateway: Server) -> Iterator[Any]:
+    """Debian's headless Chromium (Playwright); skips where it is not installed."""
+    from tests.admin_client import HAS_CHROMIUM, chromium
+
+    if not HAS_CHROMIUM:
+        pytest.skip("Debian's chromium is not installed")
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def admin_page(admin_browser: Any, admin: Any, gateway: Server) -> Iterator[Any]:
+    """A 1366x900 Chromium page logged in to the admin; a failing test leaves a screenshot."""
+    from tests.admin_client import browser_login
+
+    page = browser_login(admin_browser, gateway.url, admin)
+    yield page
+    page.context.close()
+
+
 _servers: list[Server] = []
 
 

@@ -5,79 +5,17 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-import uuid
 
 import httpx
 import pytest
-from django.contrib.auth.models import User
 
 from bench.harness import speech
 from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
+from tests.admin_client import unique
 from tests.audit_log import audit_row
 
 LOOPBACK_KEY = "sk-upstream-SECRET-never-shown"  # conftest's registry gives "loopback" this key
 TINY_EN = "Systran/faster-whisper-tiny.en"
-
-
-def unique(stem: str) -> str:
-    return f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-class Admin:
-    """An httpx session logged in to /admin/."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-
-    def get(self, path: str, **params: str) -> httpx.Response:
-        return self.client.get(path, params=params)
-
-    def page(self, path: str, **params: str) -> str:
-        response = self.get(path, **params)
-        assert response.status_code == 200, (path, response.status_code)
-        return html.unescape(response.text)
-
-    def post(self, path: str, data: dict[str, str | list[str]], *, follow: bool = False) -> httpx.Response:
-        data = {"csrfmiddlewaretoken": self.client.cookies["csrftoken"], **data}
-        return self.client.post(path, data=data, follow_redirects=follow)
-
-    def action(self, changelist: str, action: str, pks: list[int]) -> str:
-        """Run a list-page action; returns the page it redirects to, with its messages."""
-        response = self.post(
-            changelist,
-            {"action": action, "_selected_action": [str(pk) for pk in pks], "index": "0"},
-            follow=True,
-        )
-        assert response.status_code == 200
-        return html.unescape(response.text)
-
-
-def csrf_token(page: str) -> str:
-    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    assert match, "no CSRF token in the form"
-    return match.group(1)
-
-
-@pytest.fixture(scope="module")
-def admin(gateway):
-    username = unique("admin")
-    password = uuid.uuid4().hex
-    user = User.objects.create_superuser(username=username, email="", password=password)
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        login = client.get("/admin/login/")
-        assert "csrftoken" in client.cookies
-        response = client.post(
-            "/admin/login/",
-            data={
-                "username": username,
-                "password": password,
-                "csrfmiddlewaretoken": csrf_token(login.text),
-                "next": "/admin/",
-            },
-        )
-        assert response.status_code == 302 and response.headers["location"] == "/admin/", response.text[:500]
-        yield Admin(client)
-    user.delete()
 
 
 # --- upstream keys: write-only -------------------------------------------------------------------
