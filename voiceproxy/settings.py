@@ -261,6 +261,11 @@ VOICEPROXY_LOG_FORMAT = env_str("VOICEPROXY_LOG_FORMAT", "text").lower()
 # Every server process reports its model cache to the database this often (seconds); a process not
 # heard from for three beats is shown as gone.
 VOICEPROXY_HEARTBEAT_SECONDS = env_float("VOICEPROXY_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+# Wyoming (Home Assistant's speech protocol, `manage.py wyoming`): client addresses (IPs or networks,
+# comma-separated) it answers; the protocol has no authentication of its own.
+VOICEPROXY_WYOMING_ALLOW = [
+    a.strip() for a in env_str("VOICEPROXY_WYOMING_ALLOW", "127.0.0.1,::1").split(",") if a.strip()
+]
 # Failed admin logins from one client address before it is locked out, and for how long.
 VOICEPROXY_ADMIN_LOGIN_FAILURES = env_int("VOICEPROXY_ADMIN_LOGIN_FAILURES", 5, minimum=1)
 VOICEPROXY_ADMIN_LOCKOUT_MINUTES = env_int("VOICEPROXY_ADMIN_LOCKOUT_MINUTES", 15, minimum=1)
