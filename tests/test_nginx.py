@@ -104,13 +104,19 @@ http {{
 class Nginx:
     """An nginx process serving the rendered template from `directory`, on a free loopback port."""
 
-    def __init__(self, directory: Path, upstream: str, **overrides: str) -> None:
+    def __init__(self, directory: Path, upstream: str, *more: str, **overrides: str) -> None:
+        """nginx in front of `upstream`, and of the `more` replicas beside it (one server line each,
+        as a configuration listing named replicas has them)."""
         self.directory = directory
         self.port = daphne.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (directory / "conf.d").mkdir(parents=True)
         rendered = render(TEMPLATE.read_text(), settings(upstream, f"127.0.0.1:{self.port}", **overrides))
         assert "${" not in rendered, "a template variable without a value"
+        line = next(line for line in rendered.splitlines() if line.strip().startswith(f"server {upstream} "))
+        rendered = rendered.replace(
+            line, "\n".join([line, *(line.replace(upstream, other) for other in more)])
+        )
         (directory / "conf.d" / "voiceproxy.conf").write_text(rendered)
         # As root, nginx would run its workers as "nobody", who may not write the temp directories here.
         user = "user root root;\n" if os.geteuid() == 0 else ""

@@ -1,0 +1,295 @@
+"""Two replicas on one PostgreSQL + Redis behind nginx (the production template, rendered with a
+server line per replica as a configuration naming its replicas has): what they share, and a rolling
+restart under load that loses nothing.
+
+Shared state lives in the database and in Django's cache on Redis, so these tests run where Redis is
+configured (the PostgreSQL + Redis pass of .ci/run); without it each process has its own cache, as a
+single-process server on SQLite is meant to.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import websockets.sync.client
+from django.conf import settings
+
+from bench.harness import daphne, speech
+from registry.models import RequestLog, SpeechToTextModel
+from tests.conftest import ROOT, Key, server_env
+from tests.realtime_client import Events
+from tests.test_nginx import NGINX, Nginx
+
+pytestmark = [
+    pytest.mark.skipif(NGINX is None, reason="no nginx binary (Debian: apt-get install nginx)"),
+    pytest.mark.skipif(
+        "redis" not in settings.CACHES["default"]["BACKEND"].lower(),
+        reason="replicas share their cache through Redis: run with REDIS_URL (and PostgreSQL)",
+    ),
+]
+
+QUESTION = speech.speech("What time is it?")
+
+
+class Replica:
+    """A daphne started as docker-compose.yml starts it, on a port of its own that a restart keeps."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        self.name, self.directory = name, directory
+        self.port = daphne.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(self.directory.glob(f"{self.name}-*.log"))
+        )
+
+    def start(self) -> None:
+        self.starts += 1
+        log_path = self.directory / f"{self.name}-{self.starts}.log"
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "--proxy-headers", "-b", "127.0.0.1", "-p", str(self.port)]
+                + ["voiceproxy.asgi:application"],
+                cwd=ROOT,
+                env=server_env(VOICEPROXY_DRAIN_SECONDS="20", VOICEPROXY_HEARTBEAT_SECONDS="0.5"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} did not become ready:\n{self.log()}")
+
+    def stop(self) -> int:
+        """SIGTERM, as a rolling restart sends it: the replica drains, then exits."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def restart(self) -> int:
+        code = self.stop()
+        self.start()
+        return code
+
+    def served(self, path: str) -> int:
+        """Requests for `path` in its access log (all its lives)."""
+        return sum(1 for line in self.log().splitlines() if f" {path}" in line and '"' in line)
+
+
+@pytest.fixture(scope="module")
+def replicas(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+    directory = tmp_path_factory.mktemp("replicas")
+    started = [Replica("a", directory), Replica("b", directory)]
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    server = Nginx(tmp_path_factory.mktemp("edge"), replicas[0].address, replicas[1].address)
+    yield server
+    server.stop()
+
+
+def sdk(url: str, key: Key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key.secret, max_retries=0, timeout=120)
+
+
+def test_a_rolling_restart_under_load_loses_nothing(
+    replicas: list[Replica], edge: Nginx, make_key: Any, upstream: Any
+) -> None:
+    key = make_key("replicas-load")
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    stop = threading.Event()
+    results: list[tuple[str, int, str | None, str]] = []  # (what, status, request id, error code)
+
+    def one(session: httpx.Client, what: str) -> httpx.Response:
+        if what == "models":
+            return session.get("/v1/models")
+        if what == "speech":
+            body = {
+                "model": "tts-1",
+                "voice": "alloy",
+                "input": "One moment please.",
+                "response_format": "pcm",
+            }
+            return session.post("/v1/audio/speech", json=body)
+        if what == "transcription":
+            return session.post(
+                "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("q.wav", QUESTION)}
+            )
+        return session.post(
+            "/v1/chat/completions",
+            json={"model": "fake-llm", "messages": [{"role": "user", "content": "hello"}], "stream": True},
+        )
+
+    def client(kinds: list[str]) -> None:
+        with httpx.Client(base_url=edge.url, headers=auth, timeout=120) as session:
+            n = 0
+            while not stop.is_set():
+                what = kinds[n % len(kinds)]
+                n += 1
+                try:
+                    response = one(session, what)
+                except httpx.HTTPError as exc:
+                    results.append((what, 0, None, type(exc).__name__))
+                    continue
+                code = None
+                if response.status_code != 200:
+                    code = response.json()["error"]["code"]
+                results.append((what, response.status_code, response.headers.get("x-request-id"), code or ""))
+
+    upstream.reset()
+    threads = [
+        threading.Thread(target=client, args=(kinds,))
+        for kinds in (["models", "speech"], ["transcription", "models"], ["chat", "models"])
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while len(results) < 20:
+            time.sleep(0.1)
+        assert replicas[0].restart() == 0, replicas[0].log()  # drained everything in flight
+        done_at_restart = len(results)
+        # nginx takes the restarted replica back once its fail_timeout has passed.
+        restarted = replicas[0].directory / f"{replicas[0].name}-{replicas[0].starts}.log"
+        deadline = time.monotonic() + 60
+        while len(results) < done_at_restart + 20 or " /v1/" not in restarted.read_text():
+            assert time.monotonic() < deadline, "the restarted replica got no work"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+
+    statuses = Counter((what, status, code) for what, status, _, code in results)
+    # No failure at all: nginx sent what the draining replica refused to the other one.
+    assert all(status == 200 for _, status, _, _ in results), statuses
+    ids = [request_id for _, _, request_id, _ in results]
+    assert None not in ids and len(set(ids)) == len(ids)
+    # Every request has its audit row, once: the drained replica wrote its rows before exiting.
+    deadline = time.monotonic() + 10
+    while RequestLog.objects.filter(api_key=key.row).count() < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    logged = list(RequestLog.objects.filter(api_key=key.row).values_list("request_id", flat=True))
+    assert sorted(logged) == sorted(ids)
+    # Both replicas took work, the restarted one after its restart too.
+    for replica in replicas:
+        assert replica.served("/v1/") > 0, replica.name
+
+
+def test_a_voice_chat_continues_on_the_other_replica(
+    replicas: list[Replica], make_key: Any, upstream: Any
+) -> None:
+    key = make_key("replicas-chat")
+    first = sdk(replicas[0].url, key).chat.completions.create(
+        model="fake-llm",
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    spoken = first.choices[0].message.audio
+    assert spoken is not None
+    sdk(replicas[1].url, key).chat.completions.create(
+        model="fake-llm",
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "audio": {"id": spoken.id}},
+            {"role": "user", "content": "and then?"},
+        ],
+    )
+    assert upstream.last_request["json"]["messages"][1] == {"role": "assistant", "content": spoken.transcript}
+
+
+def test_rate_limits_and_throttles_hold_across_replicas(replicas: list[Replica], make_key: Any) -> None:
+    key = make_key("replicas-rate", rate_limit_per_minute=3)
+    statuses = [
+        httpx.get(
+            f"{replicas[n % 2].url}/v1/models", headers={"Authorization": f"Bearer {key.secret}"}
+        ).status_code
+        for n in range(6)
+    ]
+    assert sorted(statuses) == [200, 200, 200, 429, 429, 429]
+    assert statuses[:3] == [200, 200, 200]
+
+
+def test_a_registry_change_applies_on_both_at_the_next_request(
+    replicas: list[Replica], make_key: Any
+) -> None:
+    key = make_key("replicas-registry")
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    model = SpeechToTextModel.objects.get(model_id="Systran/faster-whisper-tiny.en")
+    alias = f"replica-alias-{key.prefix}"
+    model.aliases = [*model.aliases, alias]
+    model.save()
+    try:
+        for replica in replicas:
+            assert httpx.get(f"{replica.url}/v1/models/{alias}", headers=headers).status_code == 200
+    finally:
+        model.aliases = [a for a in model.aliases if a != alias]
+        model.save()
+    for replica in replicas:
+        assert httpx.get(f"{replica.url}/v1/models/{alias}", headers=headers).status_code == 404
+
+
+def test_a_realtime_session_survives_the_other_replicas_restart(
+    replicas: list[Replica], edge: Nginx, make_key: Any
+) -> None:
+    key = make_key("replicas-realtime")
+    other = replicas[1]
+    assert other.stop() == 0  # so nginx must put the session on the first replica
+    try:
+        url = edge.url.replace("http", "ws") + "/v1/realtime?model=echo-model"
+        with websockets.sync.client.connect(
+            url, additional_headers={"Authorization": f"Bearer {key.secret}"}
+        ) as ws:
+            events = Events(ws)
+            events.until("session.created")
+            other.start()
+            assert other.restart() == 0  # a graceful restart of the other replica, mid-session
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "ping"}],
+                        },
+                    }
+                )
+            )
+            ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            done = events.until("response.done")[-1]
+            assert done["response"]["status"] == "completed"
+    finally:
+        if other.process is None or other.process.poll() is not None:
+            other.start()
