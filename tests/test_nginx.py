@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import re
 import select
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,122 +29,16 @@ import httpx
 import pytest
 
 from bench.harness import daphne
+from bench.harness.nginx import BODY_LIMIT, NGINX, Nginx
 from registry.models import RequestLog
 from tests.audit_log import audit_row
 from tests.conftest import ROOT, Server, server_env
 
-NGINX = shutil.which("nginx") or next((p for p in ["/usr/sbin/nginx"] if os.access(p, os.X_OK)), None)
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="no nginx binary on PATH or at /usr/sbin/nginx (Debian: apt-get install nginx)"
 )
 
-TEMPLATE = ROOT / "voiceproxy" / "nginx" / "voiceproxy.conf.template"
-BODY_LIMIT = 2 * 1024 * 1024  # above nginx's own default (1 MiB), as the app's 26 MiB is
-TIMEOUT = 2  # seconds: client_header_timeout, client_body_timeout, send_timeout, keepalive_timeout
-WAIT = 15.0  # the most a test waits for any one answer; far more than any timeout above
-
-
-def render(template: str, env: dict[str, str], env_filter: str = "^VOICEPROXY_") -> str:
-    """What the official image's 20-envsubst-on-templates.sh does: `envsubst` limited to the defined
-    names that match NGINX_ENVSUBST_FILTER, so `${NAME}` and `$NAME` of those are replaced and every
-    other `$...` (nginx's own variables) is left as it is."""
-    names = {name for name in env if re.search(env_filter, name)}
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        return env[name] if name in names else match.group(0)
-
-    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", substitute, template)
-
-
-def settings(upstream: str, listen: str, **overrides: str) -> dict[str, str]:
-    values = {
-        "VOICEPROXY_LISTEN": listen,
-        "VOICEPROXY_UPSTREAM": upstream,
-        "VOICEPROXY_MAX_BODY_BYTES": str(BODY_LIMIT),
-        "VOICEPROXY_CLIENT_HEADER_TIMEOUT": f"{TIMEOUT}s",
-        "VOICEPROXY_CLIENT_BODY_TIMEOUT": f"{TIMEOUT}s",
-        "VOICEPROXY_SEND_TIMEOUT": f"{TIMEOUT}s",
-        "VOICEPROXY_KEEPALIVE_TIMEOUT": f"{TIMEOUT}s",
-        "VOICEPROXY_STREAM_TIMEOUT": "60s",
-    }
-    values.update(overrides)
-    return values
-
-
-# The official image's /etc/nginx/nginx.conf, with its paths moved into the test's directory (so it
-# also runs as a user other than root) and in the foreground.
-MAIN_CONF = """\
-{user}worker_processes 1;
-daemon off;
-error_log {dir}/error.log notice;
-pid {dir}/nginx.pid;
-events {{
-    worker_connections 1024;
-}}
-http {{
-    default_type application/octet-stream;
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_temp;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
-    sendfile on;
-    keepalive_timeout 65;
-    include {dir}/conf.d/*.conf;
-}}
-"""
-
-
-class Nginx:
-    """An nginx process serving the rendered template from `directory`, on a free loopback port."""
-
-    def __init__(self, directory: Path, upstream: str, *more: str, **overrides: str) -> None:
-        """nginx in front of `upstream`, and of the `more` replicas beside it (one server line each,
-        as a configuration listing named replicas has them)."""
-        self.directory = directory
-        self.port = daphne.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (directory / "conf.d").mkdir(parents=True)
-        rendered = render(TEMPLATE.read_text(), settings(upstream, f"127.0.0.1:{self.port}", **overrides))
-        assert "${" not in rendered, "a template variable without a value"
-        line = next(line for line in rendered.splitlines() if line.strip().startswith(f"server {upstream} "))
-        rendered = rendered.replace(
-            line, "\n".join([line, *(line.replace(upstream, other) for other in more)])
-        )
-        (directory / "conf.d" / "voiceproxy.conf").write_text(rendered)
-        # As root, nginx would run its workers as "nobody", who may not write the temp directories here.
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        (directory / "nginx.conf").write_text(MAIN_CONF.format(user=user, dir=directory))
-        command = [str(NGINX), "-p", str(directory), "-c", str(directory / "nginx.conf"), "-e", "stderr"]
-        check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
-        assert check.returncode == 0, f"nginx -t refused the configuration:\n{check.stderr}"
-        with (directory / "stderr.log").open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start:\n{self.log()}") from None
-                time.sleep(0.05)
-
-    def log(self) -> str:
-        logs = [self.directory / "stderr.log", self.directory / "error.log"]
-        return "".join(path.read_text(errors="replace") for path in logs if path.is_file())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+WAIT = 15.0  # the most a test waits for any one answer; far more than any timeout of the harness
 
 
 @pytest.fixture(scope="module")

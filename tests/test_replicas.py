@@ -10,9 +10,6 @@ single-process server on SQLite is meant to.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,11 +23,12 @@ import pytest
 import websockets.sync.client
 from django.conf import settings
 
-from bench.harness import daphne, speech
+from bench.harness import speech
+from bench.harness.nginx import NGINX, Nginx
+from bench.harness.replica import Replica
 from registry.models import RequestLog, SpeechToTextModel
-from tests.conftest import ROOT, Key, server_env
+from tests.conftest import Key, server_env
 from tests.realtime_client import Events
-from tests.test_nginx import NGINX, Nginx
 
 pytestmark = [
     pytest.mark.skipif(NGINX is None, reason="no nginx binary (Debian: apt-get install nginx)"),
@@ -43,70 +41,11 @@ pytestmark = [
 QUESTION = speech.speech("What time is it?")
 
 
-class Replica:
-    """A daphne started as docker-compose.yml starts it, on a port of its own that a restart keeps."""
-
-    def __init__(self, name: str, directory: Path) -> None:
-        self.name, self.directory = name, directory
-        self.port = daphne.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.starts = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return "".join(
-            p.read_text(errors="replace") for p in sorted(self.directory.glob(f"{self.name}-*.log"))
-        )
-
-    def start(self) -> None:
-        self.starts += 1
-        log_path = self.directory / f"{self.name}-{self.starts}.log"
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "--proxy-headers", "-b", "127.0.0.1", "-p", str(self.port)]
-                + ["voiceproxy.asgi:application"],
-                cwd=ROOT,
-                env=server_env(VOICEPROXY_DRAIN_SECONDS="20", VOICEPROXY_HEARTBEAT_SECONDS="0.5"),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not become ready:\n{self.log()}")
-
-    def stop(self) -> int:
-        """SIGTERM, as a rolling restart sends it: the replica drains, then exits."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def restart(self) -> int:
-        code = self.stop()
-        self.start()
-        return code
-
-    def served(self, path: str) -> int:
-        """Requests for `path` in its access log (all its lives)."""
-        return sum(1 for line in self.log().splitlines() if f" {path}" in line and '"' in line)
-
-
 @pytest.fixture(scope="module")
 def replicas(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
     directory = tmp_path_factory.mktemp("replicas")
-    started = [Replica("a", directory), Replica("b", directory)]
+    env = server_env(VOICEPROXY_DRAIN_SECONDS="20", VOICEPROXY_HEARTBEAT_SECONDS="0.5")
+    started = [Replica("a", directory, env), Replica("b", directory, env)]
     yield started
     for replica in started:
         replica.stop()
