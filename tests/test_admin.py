@@ -172,7 +172,7 @@ def test_the_request_log_is_listed_filtered_and_read_only(admin, gateway, make_k
     audit_row(denied_id)
     listing = admin.page("/admin/registry/requestlog/")
     assert ok_id in listing and denied_id in listing
-    assert '<nav class="toplinks">' in listing  # the date hierarchy's bar
+    assert '<nav class="toplinks">' not in listing  # no date hierarchy: since/until filter instead
     row = audit_row(denied_id)
     assert admin.get("/admin/registry/requestlog/", created__year=str(row.created.year)).status_code == 200
 
@@ -212,14 +212,14 @@ def test_load_now_and_unload_act_on_the_server_processes_cache(admin):
     headers = [
         re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th scope=\"col\".*?</th>", listing, re.S)
     ]
-    assert {"Cache", "Loaded on", "Loaded since", "Uses", "Last error"} <= set(headers), headers
+    assert "Cache" in headers, headers  # one column in the list; each figure on the change page
     assert " not loaded " in cache_row(listing, TINY_EN)
 
     page = admin.action(changelist, "load_now", [model.pk])
     loaded = re.search(rf"Loaded {re.escape(TINY_EN)} on (cpu|cuda) in [0-9.]+ s\.", page)
     assert loaded, page
     row = cache_row(page, TINY_EN)
-    assert f" loaded {loaded.group(1)} " in row
+    assert f" loaded on {loaded.group(1)}, " in row
 
     change = admin.page(f"/admin/registry/speechtotextmodel/{model.pk}/change/")
     assert "Model cache" in change and loaded.group(1) in change
