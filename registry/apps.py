@@ -9,7 +9,16 @@ class RegistryConfig(AppConfig):
     verbose_name = "voiceproxy registry"
 
     def ready(self) -> None:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+
         from registry.api import schema  # noqa: F401  registers the OpenAPI auth extension
+        from registry.speech import memory
+
+        try:  # a typo in the budget stops the start, not the first load
+            memory.parse_budgets(settings.VOICEPROXY_MODEL_MEMORY)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"VOICEPROXY_MODEL_MEMORY: {exc}") from exc
 
 
 class VoiceproxyAdminConfig(admin_apps.AdminConfig):

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from registry import db_threads
+from registry import db_threads, metrics
 from registry.errors import OpenAIError, as_openai_error
 from registry.journal import journal
 from registry.routes import route_of
@@ -166,6 +166,10 @@ class AuditRecord:
         future.add_done_callback(
             lambda done: journal.written(ok=not done.cancelled() and not done.exception())
         )
+        try:
+            metrics.request_finished(self, status_code, fields["duration_ms"])
+        except Exception:  # a bug in counting must not cost the request (its row is queued)
+            logger.exception("could not count %s in the metrics", self.request_id)
         return future
 
 

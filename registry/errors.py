@@ -18,8 +18,11 @@
     ├── ServerBusy              503  server_error, code "server_busy", Retry-After
     │   ├── DatabaseUnavailable 503  code "database_unavailable" (no answer in time)
     │   ├── SessionsFull        503  code "too_many_sessions" (the process's Realtime sessions)
-    │   └── ShuttingDown        503  code "shutting_down" (SIGTERM received)
-    ├── ModelUnavailable        503  server_error, code "model_unavailable" (failed to load)
+    │   ├── ShuttingDown        503  code "shutting_down" (SIGTERM received)
+    │   └── ModelMemoryBusy     503  code "model_memory_busy" (its device's memory budget is held by
+    │                                models in use)
+    ├── ModelUnavailable        503  server_error, code "model_unavailable" (failed to load), or
+    │                                "model_too_large" (larger than its device's memory budget)
     └── UpstreamTimeout         504  upstream_error, code "upstream_timeout"
 
 Plain Python, no HTTP: services raise these wherever they run (an HTTP request, a WebSocket session,
@@ -165,6 +168,10 @@ class SessionsFull(ServerBusy):
 
 class ShuttingDown(ServerBusy):
     code = "shutting_down"
+
+
+class ModelMemoryBusy(ServerBusy):
+    code = "model_memory_busy"
 
 
 class ModelUnavailable(OpenAIError):

@@ -352,3 +352,54 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.method} {self.endpoint} {self.status_code}"
+
+
+class ServerProcess(models.Model):
+    """A server process and what its model cache holds, as it last reported (registry/processes.py).
+
+    Each daphne process writes its own row at every heartbeat and deletes it when it stops cleanly;
+    a row not refreshed for three of its heartbeats is a process gone (shown so, deleted later).
+    """
+
+    id = models.CharField(primary_key=True, max_length=100)  # unique per process start
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=40, blank=True)
+    started = models.DateTimeField()
+    heartbeat = models.DateTimeField(db_index=True)
+    interval = models.FloatField(help_text="Seconds between its heartbeats.")
+    memory_bytes = models.PositiveBigIntegerField(default=0, help_text="Resident memory of the process.")
+    pool = models.JSONField(default=dict, blank=True)  # the inference pool's threads and load
+    cache = models.JSONField(default=list, blank=True)  # one object per model in its cache
+
+    class Meta:
+        ordering = ["hostname", "started"]
+        verbose_name = "server process"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"
+
+
+class CacheCommand(models.Model):
+    """A "load" or "unload" of a model in one server process's cache, sent from the admin: that
+    process takes it at its next poll (about a second), carries it out and writes the result here."""
+
+    LOAD, UNLOAD = "load", "unload"
+
+    target = models.CharField(max_length=100)  # a ServerProcess id (kept after the process is gone)
+    action = models.CharField(max_length=10, choices=[(LOAD, "load"), (UNLOAD, "unload")])
+    model_id = models.CharField(max_length=200)
+    requested_by = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    taken_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(null=True)
+    result = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        # Each process asks for its own commands not yet taken, about once a second.
+        indexes = [models.Index(fields=["target", "taken_at"], name="cachecommand_target_taken")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.model_id} on {self.target}"

@@ -107,9 +107,11 @@ def chromium() -> Iterator[Any]:
                 yield browser
             finally:
                 browser.close()
+                # Connections opened while Playwright's loop ran belong to its context: closed
+                # here, while it still runs (after it, close_all() no longer sees them), or
+                # PostgreSQL will not drop the test database at the end.
+                connections.close_all()
     finally:
-        # Connections opened while Playwright's loop ran belong to that context: closed here, or
-        # PostgreSQL will not drop the test database at the end.
         connections.close_all()
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 

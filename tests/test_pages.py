@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 
 from registry.models import ApiKey
+from tests.admin_client import Admin
 from tests.conftest import Server
-from tests.test_admin import Admin, admin  # noqa: F401 - the logged-in admin fixture
 
 
 def test_static_files_are_served_with_cache_headers(gateway: Server) -> None:
@@ -32,7 +32,7 @@ def test_landing_and_playground_pages_render(gateway: Server) -> None:
     assert "Use my admin login" not in playground.text  # not for anonymous visitors
 
 
-def test_a_staff_login_gets_client_secrets_that_stand_for_its_own_key(gateway: Server, admin: Admin) -> None:  # noqa: F811
+def test_a_staff_login_gets_client_secrets_that_stand_for_its_own_key(gateway: Server, admin: Admin) -> None:
     page = admin.page("/playground/")
     assert "Use my admin login" in page
     token = admin.client.cookies["csrftoken"]

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import websockets.exceptions
 import websockets.sync.client
 from django.conf import settings
 
@@ -232,3 +233,30 @@ def test_a_realtime_session_survives_the_other_replicas_restart(
     finally:
         if other.process is None or other.process.poll() is not None:
             other.start()
+
+
+def test_a_keys_realtime_sessions_are_counted_across_replicas(replicas: list[Replica], make_key: Any) -> None:
+    key = make_key("replicas-sessions")
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    urls = [r.url.replace("http", "ws") + "/v1/realtime?model=echo-model" for r in replicas]
+    per_key = settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY
+    held = [websockets.sync.client.connect(urls[n % 2], additional_headers=auth) for n in range(per_key)]
+    try:
+        for ws in held:
+            assert Events(ws).next()["type"] == "session.created"
+        for url in urls:  # both replicas know the key has all its sessions, though each holds half
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                websockets.sync.client.connect(url, additional_headers=auth)
+            assert refused.value.response.status_code == 429
+    finally:
+        for ws in held:
+            ws.close()
+    deadline = time.monotonic() + 10
+    while True:  # the places come back as the sessions end
+        try:
+            with websockets.sync.client.connect(urls[1], additional_headers=auth) as ws:
+                assert Events(ws).next()["type"] == "session.created"
+                break
+        except websockets.exceptions.InvalidStatus:
+            assert time.monotonic() < deadline, "the closed sessions' places were not given back"
+            time.sleep(0.1)

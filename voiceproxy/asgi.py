@@ -1,10 +1,13 @@
 """ASGI entry point: `daphne voiceproxy.asgi:application`."""
 
+import logging
 import os
+import sys
 from typing import Any
 
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
@@ -13,9 +16,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceproxy.settings")
 django_application = get_asgi_application()
 
 from chat.realtime.routing import websocket_urlpatterns  # noqa: E402 - needs Django set up
-from registry import db_threads, journal  # noqa: E402 - needs Django set up
+from registry import db_threads, journal, preload, processes  # noqa: E402 - needs Django set up
 from registry.api.chunked import ChunkedBodyMiddleware  # noqa: E402
 from registry.api.health import LoopHealth  # noqa: E402
+from registry.api.metrics import MetricsEndpoint  # noqa: E402
 from voiceproxy.drain import Draining  # noqa: E402
 
 
@@ -38,7 +42,8 @@ class _DenialResponses:
 application = Draining(
     ProtocolTypeRouter(
         {
-            "http": LoopHealth(ChunkedBodyMiddleware(django_application)),
+            # /health and /metrics are answered before Django: no audit row, none of its middleware.
+            "http": LoopHealth(MetricsEndpoint(ChunkedBodyMiddleware(django_application))),
             # /v1/realtime (chat/realtime/): browsers' Origin checked against ALLOWED_HOSTS.
             "websocket": _DenialResponses(AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))),
         }
@@ -47,6 +52,21 @@ application = Draining(
 
 # Rows a process that died before writing them left in its journal: written as this one starts.
 db_threads.background.later(journal.recover, what="recover audit rows from the journals of ended processes")
+
+
+def _report_this_process() -> None:
+    """Under daphne, once it serves, this process reports its model cache and takes the admin's
+    commands (registry/processes.py; the drain deletes its row). Not when another program imports
+    this module (tests, scripts), whose reactor never runs."""
+    if "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(processes.heartbeat.start)
+    reactor.callWhenRunning(preload.start)  # VOICEPROXY_PRELOAD_MODELS, in a thread of its own
+
+
+_report_this_process()
 
 
 def _stop_twisted_parsing_uploads() -> None:
@@ -72,6 +92,43 @@ def _stop_twisted_parsing_uploads() -> None:
 
 
 _stop_twisted_parsing_uploads()
+
+
+def _access_log_through_logging() -> None:
+    """With VOICEPROXY_LOG_FORMAT=json every line the server writes is a JSON object; daphne writes
+    its access log to stdout itself (NCSA lines), so here each entry becomes an INFO record of the
+    `daphne.access` logger instead, its fields as JSON keys."""
+    if settings.VOICEPROXY_LOG_FORMAT != "json":
+        return
+    try:
+        from daphne.access import AccessLogGenerator
+    except ImportError:  # served by another ASGI server
+        return
+    access = logging.getLogger("daphne.access")
+
+    def write_entry(
+        self: Any,
+        host: str,
+        date: Any,
+        request: str,
+        status: Any = None,
+        length: Any = None,
+        ident: Any = None,
+        user: Any = None,
+    ) -> None:
+        access.info(
+            '%s "%s" %s %s',
+            host,
+            request,
+            status or "-",
+            length or "-",
+            extra={"client": host, "request_line": request, "status": status, "bytes": length},
+        )
+
+    AccessLogGenerator.write_entry = write_entry
+
+
+_access_log_through_logging()
 
 
 def _teach_daphne_denial_responses() -> bool:

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from django.conf import settings
 
-from registry import db_threads
+from registry import db_threads, metrics, processes
 from registry.journal import journal
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,13 @@ def _exit(code: int, flush_timeout: float) -> None:
     collector, reproduced with streamed voice chats cut mid-synthesis). The audit journal keeps the
     rows of requests cut here (they are logged as interrupted when the server starts again).
     """
+    processes.heartbeat.stop()  # this process's row leaves the admin's model cache page
     try:
         db_threads.background.flush(flush_timeout)
     except Exception:  # noqa: BLE001 - a database that hangs must not keep the process alive
         logger.exception("could not write every audit row before exiting; the journal keeps them")
     journal.close()
+    metrics.process_exiting()  # os._exit skips atexit: this process's live gauges leave the sum here
     logger.warning("drained; stopping" if code == 0 else "stopping with requests cut short")
     logging.shutdown()
     os._exit(code)

@@ -7,7 +7,9 @@ line in README.md. Secrets may come from `NAME_FILE` (a path), as Docker secrets
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -160,7 +162,8 @@ WSGI_APPLICATION = None
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # First: registry's admin/base_site.html overrides Django's (the admin app precedes registry).
+        "DIRS": [BASE_DIR / "registry" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -231,6 +234,15 @@ VOICEPROXY_QUEUE_LIMIT = env_int("VOICEPROXY_QUEUE_LIMIT", 32, minimum=0)
 VOICEPROXY_AUTH_FAILURES_PER_MINUTE = env_int("VOICEPROXY_AUTH_FAILURES_PER_MINUTE", 60, minimum=0)
 VOICEPROXY_MODEL_CACHE_SIZE = env_int("VOICEPROXY_MODEL_CACHE_SIZE", 4, minimum=1)
 VOICEPROXY_MODEL_TTL = env_int("VOICEPROXY_MODEL_TTL", 900, minimum=0)
+# Memory the model cache may fill per device ("cpu=6GiB,cuda=20GiB", or one size for every device;
+# empty: no budget, VOICEPROXY_MODEL_CACHE_SIZE alone). Past it, least recently used idle models are
+# unloaded; a model larger than its device's budget is refused (registry/speech/memory.py).
+VOICEPROXY_MODEL_MEMORY = env_str("VOICEPROXY_MODEL_MEMORY", "")
+# Models (ids or aliases, comma-separated) each server process loads as it starts, so the first
+# request of the day does not wait for a cold load; /health/ready says "preloading" until they are in.
+VOICEPROXY_PRELOAD_MODELS = [
+    m.strip() for m in env_str("VOICEPROXY_PRELOAD_MODELS", "").split(",") if m.strip()
+]
 VOICEPROXY_MODELS_DIR = Path(env_str("VOICEPROXY_MODELS_DIR", str(DATA_DIR / "models")))
 VOICEPROXY_AUDIO_TTL = env_int("VOICEPROXY_AUDIO_TTL", 3600, minimum=60)
 VOICEPROXY_MAX_CHOICES = env_int("VOICEPROXY_MAX_CHOICES", 4, minimum=1)
@@ -256,8 +268,20 @@ VOICEPROXY_METRICS_ALLOW = [
     a.strip() for a in env_str("VOICEPROXY_METRICS_ALLOW", "127.0.0.1,::1").split(",") if a.strip()
 ]
 VOICEPROXY_METRICS_TOKEN = env_str("VOICEPROXY_METRICS_TOKEN", "")
+# Where every process writes its metrics for /metrics to merge (registry/metrics.py): one directory
+# per host, since its files are named by pid and containers sharing the data volume (replicas) each
+# have their own pids (often 1). prometheus_client picks its multi-process mode from
+# PROMETHEUS_MULTIPROC_DIR when it is first imported, which is after this module (nothing imports it
+# before Django is set up); set here, not with setdefault, so that a process never inherits another's
+# directory from its parent (a test runner starting servers).
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+VOICEPROXY_METRICS_DIR = Path(env_str("VOICEPROXY_METRICS_DIR", str(DATA_DIR / "metrics" / _HOST))).resolve()
+VOICEPROXY_METRICS_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(VOICEPROXY_METRICS_DIR)
 # Logs: "text" (one readable line per event) or "json" (one JSON object per line, with the request id).
 VOICEPROXY_LOG_FORMAT = env_str("VOICEPROXY_LOG_FORMAT", "text").lower()
+if VOICEPROXY_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"VOICEPROXY_LOG_FORMAT must be text or json, got {VOICEPROXY_LOG_FORMAT!r}")
 # Every server process reports its model cache to the database this often (seconds); a process not
 # heard from for three beats is shown as gone.
 VOICEPROXY_HEARTBEAT_SECONDS = env_float("VOICEPROXY_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
@@ -331,10 +355,24 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        # One JSON object per line: timestamp (ISO 8601, UTC), level, logger, request_id, message,
+        # and exception (the traceback) when there is one; fields passed with `extra=` too.
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger", "exc_info": "exception"},
+            "timestamp": True,
+        },
+    },
     "filters": {"request_id": {"()": "registry.audit.RequestIdFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": VOICEPROXY_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
     },
     "root": {"handlers": ["console"], "level": VOICEPROXY_LOG_LEVEL},
     "loggers": {"django": {"handlers": ["console"], "level": "WARNING", "propagate": False}},

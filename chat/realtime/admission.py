@@ -7,7 +7,8 @@
                      standing for the key that minted it and the session it configured
 
 Client secrets are registry/client_secrets.py's; the key they stand for is checked again when used.
-Concurrent sessions are counted per process, and per key within the process.
+Concurrent sessions are counted per process (VOICEPROXY_REALTIME_MAX_SESSIONS), and per key across
+every replica (VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY, through registry/shared_counts.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.conf import settings
 from chat import upstream
 from chat.realtime.config import Kind, SessionConfig, new_config
 from chat.realtime.conversation import new_id
-from registry import access, catalog, client_secrets
+from registry import access, catalog, client_secrets, metrics, shared_counts
 from registry.errors import InvalidRequest, SessionsFull, TooManySessions
 from registry.models import ApiKey
 from registry.speech import workers
@@ -42,13 +43,15 @@ class Admission:
     reservation: workers.Reservation | None = None
     _counted: str | None = None
 
-    def release(self) -> None:
-        """Give the session's place back (once)."""
+    async def release(self) -> None:
+        """Give the session's places back (once): in this process, the key's across replicas, the pool's."""
         if self._counted is not None:
-            _sessions[self._counted] -= 1
-            if _sessions[self._counted] <= 0:
-                del _sessions[self._counted]
-            self._counted = None
+            who, self._counted = self._counted, None
+            _sessions[who] -= 1
+            if _sessions[who] <= 0:
+                del _sessions[who]
+            metrics.realtime_sessions(open_sessions())
+            await shared_counts.give_back(_key_sessions(who))
         if self.reservation is not None:
             workers.release(self.reservation)
             self.reservation = None
@@ -123,17 +126,28 @@ async def admit(
             "sessions; retry shortly.",
             retry_after=5,
         )
-    if _sessions[who] >= settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY:
+    per_key = settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY
+    # Counted across replicas (the cache is Redis in production), and for as long as a session may last.
+    if not await shared_counts.take(
+        _key_sessions(who), limit=per_key, ttl=settings.VOICEPROXY_REALTIME_MAX_SECONDS + 60
+    ):
         raise TooManySessions(
-            f"This key already holds {settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY} Realtime sessions "
-            "on this server; close one first.",
-            retry_after=5,
+            f"This key already holds {per_key} Realtime sessions; close one first.", retry_after=5
         )
-    # The session's place in the worker pool: its transcriptions and speech are never refused midway.
-    admission.reservation = workers.reservation()
+    try:
+        # The session's place in the worker pool: its transcriptions and speech are never refused midway.
+        admission.reservation = workers.reservation()
+    except BaseException:
+        await shared_counts.give_back(_key_sessions(who))
+        raise
     _sessions[who] += 1
     admission._counted = who
+    metrics.realtime_sessions(open_sessions())
     return admission
+
+
+def _key_sessions(who: str) -> str:
+    return f"realtime-sessions:{who or '(anonymous)'}"
 
 
 async def check_model(api_key: ApiKey | None, model: str, *, param: str = "model") -> upstream.Target:

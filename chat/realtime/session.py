@@ -223,7 +223,7 @@ class RealtimeSession:
         usage.audio_seconds_in = round(self.audio_in_s, 3)
         usage.turns = self.turns
         usage.streamed = True
-        self.admitted.release()
+        await self.admitted.release()
         self.record.finish(self.record.error.status if self.record.error else 200)
 
     # --- client events --------------------------------------------------------------------------

@@ -3,4 +3,11 @@
 One module per subject; importing them registers their pages with the site (registry/admin_site.py).
 """
 
-from registry.admin import keys, request_log, speech, upstreams  # noqa: F401  registers the admins
+from registry.admin import (  # noqa: F401  registers the admins
+    dashboard,
+    keys,
+    processes,
+    request_log,
+    speech,
+    upstreams,
+)

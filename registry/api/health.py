@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from registry import preload
 from voiceproxy import drain
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,16 @@ def _cache_ok() -> bool:
 
 
 async def readiness() -> dict[str, Any]:
-    """`{"status": "ok" | "unavailable" | "draining", "checks": {...}}`: the database (and Redis
-    when configured) answer, and the server is not shutting down."""
+    """`{"status": "ok" | "unavailable" | "draining" | "preloading", "checks": {...}}`: the database
+    (and Redis when configured) answer, the server is not shutting down, and its preloaded models
+    are in."""
     checks = {"database": await sync_to_async(_database_ok, thread_sensitive=False)()}
     if settings.REDIS_URL:
         checks["redis"] = await sync_to_async(_cache_ok, thread_sensitive=False)()
     if drain.draining():  # shutting down: a load balancer should send no more work here
         return {"status": "draining", "checks": checks}
+    if preload.pending():  # still loading VOICEPROXY_PRELOAD_MODELS: not warm yet
+        return {"status": "preloading", "checks": checks}
     return {"status": "ok" if all(checks.values()) else "unavailable", "checks": checks}
 
 

@@ -3,8 +3,12 @@
 - Loads on first use; one load at a time per model (single flight): concurrent callers wait for
   the first caller's load and share its engine, or its failure.
 - Keeps a model for its idle TTL after its last use (0: forever); a reaper thread unloads it.
-- Holds at most `VOICEPROXY_MODEL_CACHE_SIZE` models; loading one more evicts the least recently
-  used model that no request is using.
+- Holds at most `VOICEPROXY_MODEL_CACHE_SIZE` models, and, when VOICEPROXY_MODEL_MEMORY sets a
+  budget for a device, no more than that device's budget: loading one more evicts the least recently
+  used models that no request is using. A model is sized before it loads (its last measured size,
+  else its files) and measured as it loads (registry/speech/memory.py); one larger than its device's
+  whole budget is refused (ModelUnavailable, code `model_too_large`), and one that does not fit
+  beside models in use waits for none: it is refused for now (ModelMemoryBusy, 503 + Retry-After).
 - Thread-safe: it is used from worker threads (`with model_cache.use(model) as engine:`) and
   from the admin's thread (status, load now, unload).
 - A failed load is remembered for the admin and raises ModelUnavailable naming the model; the
@@ -25,9 +29,10 @@ from typing import Any, cast
 
 from django.conf import settings
 
-from registry.errors import ModelUnavailable
+from registry import metrics
+from registry.errors import ModelMemoryBusy, ModelUnavailable
 from registry.resolved import ResolvedModel
-from registry.speech import sources
+from registry.speech import memory, sources
 from registry.speech.engines import engine_class
 from registry.speech.engines.base import EngineError, EngineSpec, SpeechToText, TextToSpeech
 from registry.speech.sources import SourceError
@@ -49,6 +54,8 @@ class Entry:
     in_use: int = 0
     error: str = ""
     failed_at: datetime | None = None
+    memory_bytes: int = 0  # measured as it loaded (or, before that, estimated): see memory.py
+    device: str = ""  # where it loads, known before it does
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Status:
     in_use: int = 0
     idle_seconds: float = 0.0
     error: str = ""
+    memory_bytes: int = 0  # an estimate: resident memory the load added (0 when unknown)
 
 
 class ModelCache:
@@ -72,6 +80,7 @@ class ModelCache:
         self._entries: dict[EngineSpec, Entry] = {}
         self._reaper: threading.Thread | None = None
         self._failures: dict[str, tuple[str, datetime]] = {}  # model id -> last load error, for the admin
+        self._sizes: dict[EngineSpec, int] = {}  # each spec's last measured size: the next estimate
 
     @contextmanager
     def use(self, model: ResolvedModel) -> Iterator[Any]:
@@ -112,8 +121,7 @@ class ModelCache:
         """Drop every cached engine of `model_id`; requests using one keep it until they finish."""
         with self._lock:
             specs = [spec for spec, e in self._entries.items() if e.model.model_id == model_id]
-            for spec in specs:
-                del self._entries[spec]
+            self._count([self._entries.pop(spec) for spec in specs], "admin")
         if specs:
             logger.info("unloaded %s", model_id)
             gc.collect()
@@ -121,30 +129,41 @@ class ModelCache:
 
     def status(self, model_id: str) -> Status:
         with self._lock:
-            entries = [e for e in self._entries.values() if e.model.model_id == model_id]
-            if not entries:
-                failure = self._failures.get(model_id)
-                if failure is not None:
-                    return Status(model_id=model_id, state="failed", error=failure[0])
-                return Status(model_id=model_id, state="not loaded")
-            entry = max(entries, key=lambda e: e.last_used)
-            if entry.engine is not None:
-                state = "loaded"
-            elif entry.error and not entry.load_lock.locked():
-                state = "failed"
-            else:
-                state = "loading"
-            return Status(
-                model_id=model_id,
-                state=state,
-                device=getattr(entry.engine, "device", "") if entry.engine is not None else "",
-                loaded_at=entry.loaded_at,
-                load_seconds=entry.load_seconds,
-                uses=entry.uses,
-                in_use=entry.in_use,
-                idle_seconds=time.monotonic() - entry.last_used,
-                error=entry.error,
-            )
+            return self._status(model_id)
+
+    def statuses(self) -> list[Status]:
+        """Every model this cache holds, is loading, or last failed to load (what a process reports)."""
+        with self._lock:
+            ids = {e.model.model_id for e in self._entries.values()} | set(self._failures)
+            return [self._status(model_id) for model_id in sorted(ids)]
+
+    def _status(self, model_id: str) -> Status:
+        # Called with self._lock held.
+        entries = [e for e in self._entries.values() if e.model.model_id == model_id]
+        if not entries:
+            failure = self._failures.get(model_id)
+            if failure is not None:
+                return Status(model_id=model_id, state="failed", error=failure[0])
+            return Status(model_id=model_id, state="not loaded")
+        entry = max(entries, key=lambda e: e.last_used)
+        if entry.engine is not None:
+            state = "loaded"
+        elif entry.error and not entry.load_lock.locked():
+            state = "failed"
+        else:
+            state = "loading"
+        return Status(
+            model_id=model_id,
+            state=state,
+            device=getattr(entry.engine, "device", "") if entry.engine is not None else "",
+            loaded_at=entry.loaded_at,
+            load_seconds=entry.load_seconds,
+            uses=entry.uses,
+            in_use=entry.in_use,
+            idle_seconds=time.monotonic() - entry.last_used,
+            error=entry.error,
+            memory_bytes=entry.memory_bytes,
+        )
 
     def loaded_ids(self) -> list[str]:
         with self._lock:
@@ -180,7 +199,19 @@ class ModelCache:
                 cls = engine_class(model.spec.engine)
                 # A `pypi:` source becomes a local path here, in the loading thread (it may copy files).
                 source = sources.local(model.spec.source, model.spec.download_root)
-                engine = cls(replace(model.spec, source=source))
+                entry.device = memory.device_of(model.spec)
+                entry.memory_bytes = self._sizes.get(model.spec) or memory.on_disk(source)
+                self._make_room(entry)
+                with memory.Measure(entry.device) as measured:
+                    engine = cls(replace(model.spec, source=source))
+            except (ModelUnavailable, ModelMemoryBusy) as exc:  # no room: nothing was loaded
+                with self._lock:
+                    if self._entries.get(model.spec) is entry:
+                        del self._entries[model.spec]
+                    if isinstance(exc, ModelUnavailable):
+                        self._failures[model.model_id] = (exc.message, datetime.now(tz=UTC))
+                entry.error = exc.message
+                raise
             except Exception as exc:
                 reason = (
                     str(exc) if isinstance(exc, EngineError | SourceError) else f"{type(exc).__name__}: {exc}"
@@ -194,15 +225,23 @@ class ModelCache:
                     if self._entries.get(model.spec) is entry:
                         del self._entries[model.spec]
                     self._failures[model.model_id] = (reason, entry.failed_at)
+                metrics.model_load_failed(model.model_id)
                 raise ModelUnavailable(
                     f"The model '{model.model_id}' could not be loaded: {reason}", param="model"
                 ) from exc
             entry.load_seconds = time.perf_counter() - started
+            # Only an estimate: other loads and requests may grow (or free) memory meanwhile; a load
+            # that seemed to take nothing (its memory mapped, or freed elsewhere) keeps the estimate.
+            if measured.bytes > 0:
+                entry.memory_bytes = measured.bytes
+            self._sizes[model.spec] = entry.memory_bytes
             entry.loaded_at = datetime.now(tz=UTC)
             entry.error = ""
             entry.engine = engine
             with self._lock:
                 self._failures.pop(model.model_id, None)
+                self._count([], "")
+            metrics.model_loaded(model.model_id, seconds=entry.load_seconds)
             logger.info(
                 "loaded %s on %s in %.2f s",
                 model.model_id,
@@ -227,8 +266,78 @@ class ModelCache:
             for victim in victims:
                 del self._entries[victim.model.spec]
                 logger.info("evicted %s (cache holds at most %d models)", victim.model.model_id, limit)
+            # A model that measured larger than its estimate: the budget is kept by evicting more.
+            budget = memory.budget(keep.device)
+            if budget is not None:
+                victims += self._evict_to_fit(keep, budget, need=0)
+            self._count(victims, "evicted")
         if victims:
             gc.collect()
+
+    def _make_room(self, entry: Entry) -> None:
+        """Before a load: unload least recently used idle models on its device until it fits the
+        device's budget. Raises ModelUnavailable when it is larger than the whole budget, and
+        ServerBusy when it would fit only once models now in use are done."""
+        budget = memory.budget(entry.device)
+        if budget is None:
+            return
+        need = entry.memory_bytes
+        model_id = entry.model.model_id
+        if need > budget:
+            raise ModelUnavailable(
+                f"The model '{model_id}' needs about {_mib(need)} on {entry.device}; "
+                f"VOICEPROXY_MODEL_MEMORY allows {_mib(budget)} there.",
+                param="model",
+                code="model_too_large",
+            )
+        with self._lock:
+            victims = self._evict_to_fit(entry, budget, need=need)
+            self._count(victims, "evicted")
+            short = self._held(entry) + need - budget
+        if victims:
+            gc.collect()
+        if short > 0:
+            raise ModelMemoryBusy(
+                f"The model '{model_id}' needs {_mib(need)} on {entry.device}, and the models in use "
+                f"there leave {_mib(budget - self._held(entry))} of VOICEPROXY_MODEL_MEMORY's "
+                f"{_mib(budget)}; retry shortly.",
+                retry_after=5,
+            )
+
+    def _held(self, entry: Entry) -> int:
+        """Bytes held on `entry`'s device by the other loaded (or loading) models. Lock held."""
+        return sum(
+            e.memory_bytes
+            for e in self._entries.values()
+            if e is not entry and e.device == entry.device and (e.engine is not None or e.load_lock.locked())
+        )
+
+    def _evict_to_fit(self, entry: Entry, budget: int, *, need: int) -> list[Entry]:
+        """Unload idle models on `entry`'s device, least recently used first, until what is held
+        there plus `need` fits `budget`. Lock held; returns the unloaded entries."""
+        idle = sorted(
+            (
+                e
+                for e in self._entries.values()
+                if e is not entry and e.engine is not None and e.in_use == 0 and e.device == entry.device
+            ),
+            key=lambda e: e.last_used,
+        )
+        victims: list[Entry] = []
+        held = self._held(entry) + (entry.memory_bytes if entry.engine is not None else 0)
+        while idle and held + need > budget:
+            victim = idle.pop(0)
+            del self._entries[victim.model.spec]
+            held -= victim.memory_bytes
+            victims.append(victim)
+            logger.info(
+                "evicted %s (%s on %s; VOICEPROXY_MODEL_MEMORY allows %s)",
+                victim.model.model_id,
+                _mib(victim.memory_bytes),
+                entry.device,
+                _mib(budget),
+            )
+        return victims
 
     def reap(self) -> list[str]:
         """Unload models idle past their TTL; returns their ids."""
@@ -244,11 +353,23 @@ class ModelCache:
             ]
             for entry in idle:
                 del self._entries[entry.model.spec]
+            self._count(idle, "idle")
         for entry in idle:
             logger.info("unloaded %s after %d s idle", entry.model.model_id, entry.model.idle_ttl)
         if idle:
             gc.collect()
         return [e.model.model_id for e in idle]
+
+    def _count(self, unloaded: list[Entry], reason: str) -> None:
+        """Metrics after a change (called with self._lock held): what was unloaded and why, and
+        what is loaded now (set from the entries, so a load racing an unload cannot skew it)."""
+        for entry in unloaded:
+            if entry.engine is not None:
+                metrics.model_unloaded(entry.model.model_id, reason=reason)
+        loaded = [e for e in self._entries.values() if e.engine is not None]
+        metrics.models_loaded(
+            [(e.model.model_id, getattr(e.engine, "device", ""), e.memory_bytes) for e in loaded]
+        )
 
     def _start_reaper(self) -> None:
         # Called with self._lock held. Started lazily: daphne has no lifespan hooks, and
@@ -267,3 +388,7 @@ class ModelCache:
 
 
 model_cache = ModelCache()
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"

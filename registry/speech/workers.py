@@ -45,7 +45,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 
-from registry import audit
+from registry import audit, metrics
 from registry.errors import ServerBusy
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def release(reserved: Reservation) -> None:
 
 
 def _busy() -> ServerBusy:
+    record = audit.current()
+    metrics.pool_rejected(record.endpoint if record is not None else None)
     return ServerBusy("The server is at capacity; retry shortly.", retry_after=2)
 
 
@@ -198,6 +200,7 @@ class Scheduler:
                 flow.units += 1
                 flow.round = place
             heapq.heappush(self._queue, (place, 0 if first else 1, next(self._arrivals), unit))
+            metrics.pool_units(waiting=len(self._queue), running=self.running)
             self._cond.notify()
 
     def _forget(self, key: int) -> None:
@@ -218,6 +221,7 @@ class Scheduler:
                 _, place, _, unit = heapq.heappop(self._queue)
                 self._round = max(self._round, place)
                 self.running += 1
+                metrics.pool_units(waiting=len(self._queue), running=self.running)
             try:
                 unit.step()
             except BaseException:  # noqa: BLE001 - a unit's own errors go to its caller; this is a bug
@@ -225,6 +229,7 @@ class Scheduler:
             finally:
                 with self._cond:
                     self.running -= 1
+                    metrics.pool_units(waiting=len(self._queue), running=self.running)
 
     def close(self) -> None:
         with self._cond:

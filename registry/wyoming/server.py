@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
-from collections.abc import Iterable
 from typing import Any
 
 from wyoming.error import Error
 from wyoming.event import async_write_event
 
 from registry import audit, db_threads
+from registry.addresses import Network, allowed
 from registry.errors import PermissionDenied
 from registry.wyoming.handler import METHOD, WyomingHandler
 
@@ -28,28 +27,6 @@ logger = logging.getLogger(__name__)
 
 _ANY = ("0.0.0.0", "::")  # noqa: S104 - an address to compare with, not to bind
 REFUSAL_LINGER_S = 2.0
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def networks(allowed: Iterable[str]) -> list[Network]:
-    """Parse an allow-list ("192.168.1.0/24", "10.0.0.5", "::1"); ValueError names a bad entry."""
-    parsed: list[Network] = []
-    for entry in allowed:
-        try:
-            parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError as exc:
-            raise ValueError(f"not an IP address or network: {entry!r}") from exc
-    return parsed
-
-
-def allowed(address: str, allow: list[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in allow)
 
 
 class WyomingServer:

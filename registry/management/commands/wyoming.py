@@ -14,7 +14,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from registry import db_threads, journal
-from registry.wyoming.server import WyomingServer, networks
+from registry.addresses import networks
+from registry.wyoming.server import WyomingServer
 
 
 class Command(BaseCommand):

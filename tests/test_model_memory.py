@@ -1,0 +1,158 @@
+"""The model cache's memory budget (VOICEPROXY_MODEL_MEMORY) with the real engines on CPU: it evicts
+idle models to fit, refuses a model larger than the budget, and will not over-fill past models in
+use; a preload list warms a server before it reports ready. A CUDA test runs where a GPU is."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from bench.harness.speech import piper_voice_path, whisper_model_dir
+from registry.errors import ModelMemoryBusy, ModelUnavailable
+from registry.models import ServerProcess
+from registry.resolved import ResolvedModel
+from registry.speech import memory
+from registry.speech.cache import ModelCache
+from registry.speech.engines.base import EngineSpec
+from tests.conftest import Key, Server, server_env
+
+
+def model(model_id: str, engine: str, source: str, device: str = "cpu") -> ResolvedModel:
+    spec = EngineSpec(model_id=model_id, engine=engine, source=source, device=device, compute_type="auto")
+    return ResolvedModel(model_id=model_id, task="stt", spec=spec, idle_ttl=900, names=(model_id,), pk=0)
+
+
+WHISPER = model("whisper", "faster-whisper", str(whisper_model_dir()))
+PIPER = model("piper", "piper", str(piper_voice_path()))
+
+
+def test_sizes_parse_with_their_units() -> None:
+    assert memory.parse_size("512MiB") == 512 * 2**20
+    assert memory.parse_size("2.5 GB") == 2_500_000_000
+    assert memory.parse_budgets("cpu=6GiB, cuda=20GiB") == {"cpu": 6 * 2**30, "cuda": 20 * 2**30}
+    assert memory.parse_budgets("8GiB") == {"*": 8 * 2**30}
+    with pytest.raises(ValueError, match="not a size"):
+        memory.parse_budgets("cpu=lots")
+
+
+def test_a_model_is_measured_as_it_loads_and_reported(settings: Any) -> None:
+    settings.VOICEPROXY_MODEL_MEMORY = ""
+    cache = ModelCache()
+    with cache.use(PIPER):
+        pass
+    status = cache.status("piper")
+    assert status.state == "loaded" and status.memory_bytes > 0
+
+
+def test_loading_past_the_budget_evicts_the_least_recently_used_idle_model(settings: Any) -> None:
+    settings.VOICEPROXY_MODEL_MEMORY = ""
+    cache = ModelCache()
+    with cache.use(PIPER):
+        pass
+    held = cache.status("piper").memory_bytes
+    whisper_size = memory.on_disk(str(whisper_model_dir()))  # its estimate: it never loaded here
+    # Room for either, not both: loading Whisper unloads Piper first.
+    settings.VOICEPROXY_MODEL_MEMORY = f"cpu={held + whisper_size - 1}"
+    with cache.use(WHISPER):
+        pass
+    assert cache.loaded_ids() == ["whisper"]
+    assert cache.status("piper").state == "not loaded"
+
+
+def test_a_model_larger_than_the_budget_is_refused_clearly(settings: Any) -> None:
+    size = memory.on_disk(str(whisper_model_dir()))
+    settings.VOICEPROXY_MODEL_MEMORY = f"cpu={size - 1}"
+    cache = ModelCache()
+    with pytest.raises(ModelUnavailable) as refused, cache.use(WHISPER):
+        pass
+    assert refused.value.code == "model_too_large" and refused.value.status == 503
+    assert "VOICEPROXY_MODEL_MEMORY allows" in refused.value.message and "MiB on cpu" in refused.value.message
+    assert cache.status("whisper").state == "failed"  # the admin says why
+    assert cache.loaded_ids() == []
+    settings.VOICEPROXY_MODEL_MEMORY = "cuda=1MiB"  # a budget for another device does not apply
+    with cache.use(WHISPER):
+        pass
+    assert cache.loaded_ids() == ["whisper"]
+
+
+def test_a_model_in_use_is_not_evicted_to_make_room(settings: Any) -> None:
+    settings.VOICEPROXY_MODEL_MEMORY = ""
+    cache = ModelCache()
+    with cache.use(PIPER):
+        held = cache.status("piper").memory_bytes
+        settings.VOICEPROXY_MODEL_MEMORY = f"cpu={held + memory.on_disk(str(whisper_model_dir())) - 1}"
+        with pytest.raises(ModelMemoryBusy) as busy, cache.use(WHISPER):
+            pass
+        assert busy.value.status == 503 and busy.value.headers["Retry-After"]
+    assert cache.loaded_ids() == ["piper"]
+    with cache.use(WHISPER):  # once Piper is idle, it makes way
+        pass
+    assert cache.loaded_ids() == ["whisper"]
+
+
+def test_over_http_a_model_past_the_budget_is_a_clear_503(
+    registry: Path, tmp_path_factory: pytest.TempPathFactory, api_key: Key
+) -> None:
+    server = Server(
+        server_env(VOICEPROXY_MODEL_MEMORY="cpu=1MiB"), tmp_path_factory.mktemp("tight") / "d.log"
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key.secret, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.")
+        assert refused.value.status_code == 503
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "model_too_large"
+    finally:
+        server.stop()
+
+
+def test_preloaded_models_are_in_before_the_server_says_ready(
+    registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = Server(
+        server_env(
+            VOICEPROXY_PRELOAD_MODELS="whisper-1,tts-1,no-such-model", VOICEPROXY_HEARTBEAT_SECONDS="0.5"
+        ),
+        tmp_path_factory.mktemp("preload") / "d.log",
+    )
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{server.url}/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        loaded: set[str] = set()
+        while (
+            time.monotonic() < deadline
+            and not {
+                "Systran/faster-whisper-tiny.en",
+                "rhasspy/piper-en_US-joe-medium",
+            }
+            <= loaded
+        ):
+            row = ServerProcess.objects.filter(pid=server.process.pid).first()
+            loaded = {m["model_id"] for m in (row.cache if row else []) if m["state"] == "loaded"}
+            time.sleep(0.2)
+        assert {"Systran/faster-whisper-tiny.en", "rhasspy/piper-en_US-joe-medium"} <= loaded, server.log()
+        assert "no enabled speech model is named 'no-such-model'" in server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(
+    not __import__("ctranslate2").get_cuda_device_count(), reason="no CUDA GPU on this machine"
+)
+def test_on_a_gpu_the_budget_is_measured_in_gpu_memory(settings: Any) -> None:
+    settings.VOICEPROXY_MODEL_MEMORY = "cuda=64GiB"
+    cache = ModelCache()
+    gpu = model("whisper-gpu", "faster-whisper", str(whisper_model_dir()), device="cuda")
+    with cache.use(gpu):
+        pass
+    status = cache.status("whisper-gpu")
+    assert status.device == "cuda" and status.memory_bytes > 0
