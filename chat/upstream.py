@@ -9,10 +9,8 @@ unreachable 502, timeout 504, an upstream 4xx passed through with its status and
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from registry import audit, snapshot
+from registry import audit, keys, snapshot
 from registry.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout
 from registry.keys import UndecryptableKey
 from registry.models import Upstream
@@ -97,30 +95,9 @@ async def reachable(target: Target) -> None:
     writer.close()
 
 
-FRAGMENT = 8  # this many characters of the key in a row are taken for the key
-
-
-@functools.lru_cache(maxsize=64)
-def _key_pattern(key: str) -> re.Pattern[str]:
-    """The key, its masked forms (`sk-MARKE****W7xY`: the first 8 and last 4 around stars or dots)
-    and any run of FRAGMENT or more of its characters that is not a plain word (a key that holds
-    "upstream" must not blank that word out of every message; its "sk-upstr" prefix does go)."""
-    windows = {key[i : i + FRAGMENT] for i in range(len(key) - FRAGMENT + 1)}
-    windows = {window for window in windows if not window.isalpha()}
-    masked = re.escape(key[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(key[-4:])
-    fragments = "|".join(sorted(map(re.escape, windows), key=len, reverse=True))
-    return re.compile(f"{re.escape(key)}|{masked}" + (f"|(?:{fragments})+" if fragments else ""))
-
-
 def scrub(text: str, target: Target) -> str:
-    """The upstream's words without its key, should it echo it back whole, masked or in part
-    (OpenAI's 401s quote a masked key). Scrub before any truncation: a cut key is still a key."""
-    key = target.api_key
-    if not key:
-        return text
-    if len(key) < FRAGMENT:
-        return text.replace(key, "[upstream key]")
-    return _key_pattern(key).sub("[upstream key]", text)
+    """The upstream's words without its key, should it echo it back whole, masked or in part."""
+    return keys.redact(text, target.api_key, "[upstream key]")
 
 
 def _headers(target: Target) -> dict[str, str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import re
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -54,3 +56,28 @@ def decrypt(token: str) -> str:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken as exc:
         raise UndecryptableKey("the upstream key cannot be decrypted: was SECRET_KEY changed?") from exc
+
+
+FRAGMENT = 8  # this many characters of a secret in a row are taken for the secret
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """The secret, its masked forms (`sk-MARKE****W7xY`: the first 8 and last 4 around stars or dots)
+    and any run of FRAGMENT or more of its characters that is not a plain word (a key that holds
+    "upstream" must not blank that word out of every message; its "sk-upstr" prefix does go)."""
+    windows = {secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
+    windows = {window for window in windows if not window.isalpha()}
+    masked = re.escape(secret[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(secret[-4:])
+    fragments = "|".join(sorted(map(re.escape, windows), key=len, reverse=True))
+    return re.compile(f"{re.escape(secret)}|{masked}" + (f"|(?:{fragments})+" if fragments else ""))
+
+
+def redact(text: str, secret: str, replacement: str) -> str:
+    """`text` without `secret`, should a server echo it back whole, masked or in part (OpenAI's 401s
+    quote a masked key). Redact before any truncation: a cut key is still a key."""
+    if not secret or not text:
+        return text
+    if len(secret) < FRAGMENT:
+        return text.replace(secret, replacement)
+    return _secret_pattern(secret).sub(replacement, text)

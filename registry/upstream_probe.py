@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from registry import keys
 from registry.keys import UndecryptableKey
 from registry.models import Upstream
 
@@ -29,7 +29,6 @@ TIMEOUT_CAP = 10.0  # seconds: an operator waits on this page; the upstream's ow
 MAX_MESSAGE = 300  # characters of an upstream's error shown (cut after redaction: a cut key is still a key)
 MAX_READ = 20_000  # characters of an upstream's body read for its error, well past what is shown
 REDACTED = "[redacted]"
-FRAGMENT = 8  # this many characters of a secret in a row count as the secret (chat/upstream.py's rule)
 
 
 @dataclass(frozen=True)
@@ -112,21 +111,9 @@ def wait_for(upstream: Upstream, *, timeout_cap: float = TIMEOUT_CAP) -> float:
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """`text` without any of `secrets`: whole, masked (`sk-abcde****wxyz`, as OpenAI's 401s quote a
-    key) or any run of FRAGMENT or more of their characters that is not a plain word."""
+    """`text` without any of `secrets` (registry/keys.py's rule: whole, masked or in part)."""
     for secret in secrets:
-        if not secret or not text:
-            continue
-        if len(secret) < FRAGMENT:
-            text = text.replace(secret, REDACTED)
-            continue
-        windows = {secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
-        fragments = "|".join(
-            sorted((re.escape(w) for w in windows if not w.isalpha()), key=len, reverse=True)
-        )
-        masked = re.escape(secret[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(secret[-4:])
-        pattern = f"{re.escape(secret)}|{masked}" + (f"|(?:{fragments})+" if fragments else "")
-        text = re.sub(pattern, REDACTED, text)
+        text = keys.redact(text, secret, REDACTED)
     return text
 
 
