@@ -261,3 +261,21 @@ def test_a_client_outside_the_allow_list_is_refused(
     assert Error.from_event(events[0]).code == "client_not_allowed"
     row = audit_rows(endpoint="wyoming:connect", created__gte=since)[-1]
     assert row.status_code == 403 and "127.0.0.1" in row.error_message
+
+
+def test_the_wyoming_process_reports_its_model_cache(wyoming: WyomingProcess) -> None:
+    from registry.models import ServerProcess
+
+    talk(
+        wyoming.port,
+        [Synthesize(text="Hello.", voice=SynthesizeVoice(name="joe")).event()],
+        until="audio-stop",
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        row = ServerProcess.objects.filter(pid=wyoming.process.pid).first()
+        loaded = {m.get("model_id") for m in (row.cache if row else []) if m.get("state") == "loaded"}
+        if PIPER in loaded:
+            break
+        assert time.monotonic() < deadline, f"no report of the Wyoming process's cache: {row and row.cache}"
+        time.sleep(0.2)

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from registry import db_threads, journal
+from registry import db_threads, journal, preload, processes
 from registry.addresses import networks
 from registry.wyoming.server import WyomingServer
 
@@ -59,4 +59,11 @@ class Command(BaseCommand):
             allow=allow,
             drain_seconds=settings.VOICEPROXY_DRAIN_SECONDS,
         )
-        asyncio.run(server.serve(zeroconf_name=options["zeroconf"]))
+        # Like a server process: its model cache on the admin's Model cache page (taking load and
+        # unload commands), and VOICEPROXY_PRELOAD_MODELS loaded before the first request.
+        processes.heartbeat.start()
+        preload.start()
+        try:
+            asyncio.run(server.serve(zeroconf_name=options["zeroconf"]))
+        finally:
+            processes.heartbeat.stop()
