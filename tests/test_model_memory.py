@@ -145,14 +145,43 @@ def test_preloaded_models_are_in_before_the_server_says_ready(
         server.stop()
 
 
-@pytest.mark.skipif(
-    not __import__("ctranslate2").get_cuda_device_count(), reason="no CUDA GPU on this machine"
-)
-def test_on_a_gpu_the_budget_is_measured_in_gpu_memory(settings: Any) -> None:
+def _cuda() -> bool:
+    import ctranslate2
+
+    return ctranslate2.get_cuda_device_count() > 0
+
+
+gpu = pytest.mark.skipif(not _cuda(), reason="no CUDA GPU on this machine: the CUDA paths run where one is")
+
+
+@gpu
+def test_on_a_gpu_whisper_runs_in_float16_measured_in_gpu_memory(settings: Any) -> None:
+    from bench.harness.speech import speech
+    from registry.speech import audio
+
     settings.VOICEPROXY_MODEL_MEMORY = "cuda=64GiB"
     cache = ModelCache()
-    gpu = model("whisper-gpu", "faster-whisper", str(whisper_model_dir()), device="cuda")
-    with cache.use(gpu):
-        pass
+    on_gpu = model("whisper-gpu", "faster-whisper", str(whisper_model_dir()), device="cuda")
+    samples, _ = audio.decode(speech("Hello from the graphics card."), sample_rate=16_000)
+    with cache.stt(on_gpu) as engine:
+        segments, _info = engine.transcribe(samples, language="en")
+        text = "".join(s.text for s in segments).lower()
     status = cache.status("whisper-gpu")
     assert status.device == "cuda" and status.memory_bytes > 0
+    assert "graphics" in text or "hello" in text
+
+
+@gpu
+def test_on_a_gpu_kokoro_and_piper_speak(settings: Any) -> None:
+    from bench.harness.speech import tiny_kokoro_dir
+    from registry.speech.engines.base import VoiceSpec
+
+    settings.VOICEPROXY_MODEL_MEMORY = ""
+    cache = ModelCache()
+    kokoro = model("kokoro-gpu", "kokoro", str(tiny_kokoro_dir()), device="cuda")
+    piper = model("piper-gpu", "piper", str(piper_voice_path()), device="cuda")
+    with cache.tts(kokoro) as engine:
+        assert sum(len(c) for c in engine.synthesize("Hello.", voice=VoiceSpec("af_heart"))) > 0
+    with cache.tts(piper) as engine:
+        assert sum(len(c) for c in engine.synthesize("Hello.", voice=VoiceSpec("joe"))) > 0
+    assert cache.status("kokoro-gpu").device == "cuda" and cache.status("piper-gpu").device == "cuda"

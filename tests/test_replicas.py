@@ -10,6 +10,7 @@ single-process server on SQLite is meant to.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -45,7 +46,11 @@ QUESTION = speech.speech("What time is it?")
 @pytest.fixture(scope="module")
 def replicas(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
     directory = tmp_path_factory.mktemp("replicas")
-    env = server_env(VOICEPROXY_DRAIN_SECONDS="20", VOICEPROXY_HEARTBEAT_SECONDS="0.5")
+    env = server_env(
+        VOICEPROXY_DRAIN_SECONDS="20",
+        VOICEPROXY_HEARTBEAT_SECONDS="0.5",
+        VOICEPROXY_AUTH_FAILURES_PER_MINUTE="4",
+    )
     started = [Replica("a", directory, env), Replica("b", directory, env)]
     yield started
     for replica in started:
@@ -260,3 +265,31 @@ def test_a_keys_realtime_sessions_are_counted_across_replicas(replicas: list[Rep
         except websockets.exceptions.InvalidStatus:
             assert time.monotonic() < deadline, "the closed sessions' places were not given back"
             time.sleep(0.1)
+
+
+def test_failed_key_throttles_and_client_secrets_hold_across_replicas(
+    replicas: list[Replica], make_key: Any
+) -> None:
+    key = make_key("replicas-secret")
+    minted = httpx.post(
+        f"{replicas[0].url}/v1/realtime/client_secrets",
+        headers={"Authorization": f"Bearer {key.secret}"},
+        json={},
+    )
+    assert minted.status_code == 200, minted.text
+    secret = {"Authorization": f"Bearer {minted.json()['value']}"}
+    assert httpx.get(f"{replicas[1].url}/v1/models", headers=secret).status_code == 200
+
+    # Failed key checks are counted per client address and minute: from an address of this test's
+    # own, alternating replicas, the fifth is refused (the replicas allow 4 a minute).
+    client = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    while time.time() % 60 > 45:  # all five within one minute's counter
+        time.sleep(1)
+    statuses = []
+    for n in range(5):
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=client)) as session:
+            response = session.get(
+                f"{replicas[n % 2].url}/v1/models", headers={"Authorization": "Bearer vp-wrong"}
+            )
+            statuses.append(response.status_code)
+    assert statuses == [401, 401, 401, 401, 429]
