@@ -79,17 +79,23 @@ def test_a_model_larger_than_the_budget_is_refused_clearly(settings: Any) -> Non
     assert cache.loaded_ids() == ["whisper"]
 
 
-def test_a_model_in_use_is_not_evicted_to_make_room(settings: Any) -> None:
+def test_a_model_in_use_is_not_evicted_to_make_room_and_no_idle_one_goes_for_nothing(settings: Any) -> None:
+    from bench.harness.speech import tiny_kokoro_dir
+
     settings.VOICEPROXY_MODEL_MEMORY = ""
     cache = ModelCache()
+    kokoro = model("kokoro", "kokoro", str(tiny_kokoro_dir()))
+    with cache.use(kokoro):  # loaded, then idle
+        pass
     with cache.use(PIPER):
         held = cache.status("piper").memory_bytes
         settings.VOICEPROXY_MODEL_MEMORY = f"cpu={held + memory.on_disk(str(whisper_model_dir())) - 1}"
         with pytest.raises(ModelMemoryBusy) as busy, cache.use(WHISPER):
             pass
         assert busy.value.status == 503 and busy.value.headers["Retry-After"]
-    assert cache.loaded_ids() == ["piper"]
-    with cache.use(WHISPER):  # once Piper is idle, it makes way
+        # Evicting the idle model would not have made room beside Piper: it stays.
+        assert sorted(cache.loaded_ids()) == ["kokoro", "piper"]
+    with cache.use(WHISPER):  # once Piper is idle, the idle models make way
         pass
     assert cache.loaded_ids() == ["whisper"]
 

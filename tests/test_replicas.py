@@ -176,6 +176,8 @@ def test_a_voice_chat_continues_on_the_other_replica(
 
 def test_rate_limits_and_throttles_hold_across_replicas(replicas: list[Replica], make_key: Any) -> None:
     key = make_key("replicas-rate", rate_limit_per_minute=3)
+    while time.time() % 60 > 50:  # the six requests within one minute's counter
+        time.sleep(1)
     statuses = [
         httpx.get(
             f"{replicas[n % 2].url}/v1/models", headers={"Authorization": f"Bearer {key.secret}"}

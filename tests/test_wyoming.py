@@ -21,6 +21,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
+from wyoming.event import async_read_event as read_event
 from wyoming.info import Describe, Info
 from wyoming.tts import (
     Synthesize,
@@ -33,7 +34,7 @@ from wyoming.tts import (
 
 from bench.harness import speech
 from bench.harness.daphne import ROOT, free_port
-from registry.models import RequestLog, SpeechToTextModel, TextToSpeechModel, Voice
+from registry.models import SpeechToTextModel, TextToSpeechModel, Voice
 from registry.speech import audio
 from tests.audit_log import audit_rows
 from tests.conftest import server_env
@@ -41,17 +42,18 @@ from tests.wer import wer
 
 QUESTION = "Turn on the kitchen lights and set the temperature to twenty degrees."
 PIPER = "rhasspy/piper-en_US-joe-medium"
+MAX_CHARS = 300  # the fixture server's VOICEPROXY_MAX_TTS_CHARS
 
 
 class WyomingProcess:
-    def __init__(self, log_path: Path, *args: str) -> None:
+    def __init__(self, log_path: Path, *args: str, **env: str) -> None:
         self.port = free_port()
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "wyoming", "--port", str(self.port), *args],
                 cwd=ROOT,
-                env=server_env(),
+                env=server_env(**env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -72,7 +74,12 @@ class WyomingProcess:
 
 @pytest.fixture(scope="module")
 def wyoming(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WyomingProcess]:
-    server = WyomingProcess(tmp_path_factory.mktemp("wyoming") / "wyoming.log", "--allow", "127.0.0.1,::1")
+    server = WyomingProcess(
+        tmp_path_factory.mktemp("wyoming") / "wyoming.log",
+        "--allow",
+        "127.0.0.1,::1",
+        VOICEPROXY_MAX_TTS_CHARS=str(MAX_CHARS),
+    )
     yield server
     assert server.stop() == 0, server.log_path.read_text()
 
@@ -244,8 +251,10 @@ def test_a_wrong_model_or_voice_is_an_error_event(wyoming: WyomingProcess) -> No
         stop_on_error=False,
     )
     assert [e.type for e in events] == ["error", "info"]
-    failed = RequestLog.objects.filter(endpoint__startswith="wyoming:", status_code__gte=400)
-    assert {"model_not_found", "invalid_voice"} <= set(failed.values_list("error_code", flat=True))
+    failed = audit_rows(
+        count=2, endpoint__startswith="wyoming:", error_code__in=["model_not_found", "invalid_voice"]
+    )
+    assert {"model_not_found", "invalid_voice"} <= {row.error_code for row in failed}
 
 
 def test_a_client_outside_the_allow_list_is_refused(
@@ -279,3 +288,54 @@ def test_the_wyoming_process_reports_its_model_cache(wyoming: WyomingProcess) ->
             break
         assert time.monotonic() < deadline, f"no report of the Wyoming process's cache: {row and row.cache}"
         time.sleep(0.2)
+
+
+def test_what_a_client_may_send_is_bounded(wyoming: WyomingProcess) -> None:
+    events = talk(
+        wyoming.port,
+        [Synthesize(text="Hello there. " * 40, voice=SynthesizeVoice(name="joe")).event()],
+        until="audio-stop",
+    )
+    assert Error.from_event(events[-1]).code == "input_too_long"
+    events = talk(
+        wyoming.port,
+        [
+            AudioStart(rate=10**9, width=4, channels=1_000_000).event(),
+            AudioChunk(rate=10**9, width=4, channels=1_000_000, audio=b"\0" * 1024).event(),
+            AudioStop().event(),
+        ],
+        until="transcript",
+    )
+    error = Error.from_event(events[-1])
+    assert error.code == "invalid_audio" and "Unsupported audio format" in error.text
+    # A stream past the character limit: what came within it is spoken, then an error, then the end.
+    voice = SynthesizeVoice(name="joe")
+    events = talk(
+        wyoming.port,
+        [
+            SynthesizeStart(voice=voice).event(),
+            SynthesizeChunk(text="The lights are on. ").event(),
+            SynthesizeChunk(text="x" * MAX_CHARS).event(),
+            SynthesizeChunk(text="More text that is never spoken. ").event(),
+            SynthesizeStop().event(),
+        ],
+        until="synthesize-stopped",
+        stop_on_error=False,
+    )
+    types = [e.type for e in events]
+    assert "audio-chunk" in types and "error" in types and types[-1] == "synthesize-stopped", types
+    assert Error.from_event(events[types.index("error")]).code == "input_too_long"
+    # An event that declares a payload larger than any audio chunk: refused, the connection closed.
+
+    async def oversized() -> list[Event]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming.port)
+        writer.write(b'{"type": "audio-chunk", "payload_length": 1000000000}\n')
+        await writer.drain()
+        got = []
+        while (event := await asyncio.wait_for(read_event(reader), timeout=30)) is not None:
+            got.append(event)
+        writer.close()
+        return got
+
+    got = asyncio.run(oversized())
+    assert [e.type for e in got] == ["error"] and Error.from_event(got[0]).code == "event_too_large"

@@ -13,6 +13,7 @@ every replica (VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY, through registry/shared
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from registry import access, catalog, client_secrets, metrics, shared_counts
 from registry.errors import InvalidRequest, SessionsFull, TooManySessions
 from registry.models import ApiKey
 from registry.speech import workers
+
+logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_KEY = "openai-insecure-api-key."
 SECRET_SECONDS_DEFAULT = 600
@@ -42,19 +45,27 @@ class Admission:
     defaults: dict[str, Any] = field(default_factory=dict)  # a client secret's session, applied first
     reservation: workers.Reservation | None = None
     _counted: str | None = None
+    _holder: str = ""  # its lease among the key's places (the session id)
 
     async def release(self) -> None:
-        """Give the session's places back (once): in this process, the key's across replicas, the pool's."""
-        if self._counted is not None:
-            who, self._counted = self._counted, None
-            _sessions[who] -= 1
-            if _sessions[who] <= 0:
-                del _sessions[who]
-            metrics.realtime_sessions(open_sessions())
-            await shared_counts.give_back(_key_sessions(who))
+        """Give the session's places back (once): in this process, the pool's, the key's across
+        replicas. Never raises: a cache that cannot be reached leaves the key's lease to expire."""
         if self.reservation is not None:
             workers.release(self.reservation)
             self.reservation = None
+        if self._counted is None:
+            return
+        who, self._counted = self._counted, None
+        _sessions[who] -= 1
+        if _sessions[who] <= 0:
+            del _sessions[who]
+        metrics.realtime_sessions(open_sessions())
+        try:
+            await shared_counts.give_back(_key_sessions(who), self._holder)
+        except Exception:
+            logger.warning(
+                "could not give back %s's Realtime place; its lease will expire", who, exc_info=True
+            )
 
 
 def open_sessions() -> int:
@@ -128,8 +139,9 @@ async def admit(
         )
     per_key = settings.VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY
     # Counted across replicas (the cache is Redis in production), and for as long as a session may last.
+    holder = config.id
     if not await shared_counts.take(
-        _key_sessions(who), limit=per_key, ttl=settings.VOICEPROXY_REALTIME_MAX_SECONDS + 60
+        _key_sessions(who), holder, limit=per_key, ttl=settings.VOICEPROXY_REALTIME_MAX_SECONDS + 60
     ):
         raise TooManySessions(
             f"This key already holds {per_key} Realtime sessions; close one first.", retry_after=5
@@ -138,10 +150,10 @@ async def admit(
         # The session's place in the worker pool: its transcriptions and speech are never refused midway.
         admission.reservation = workers.reservation()
     except BaseException:
-        await shared_counts.give_back(_key_sessions(who))
+        await shared_counts.give_back(_key_sessions(who), holder)
         raise
     _sessions[who] += 1
-    admission._counted = who
+    admission._counted, admission._holder = who, holder
     metrics.realtime_sessions(open_sessions())
     return admission
 

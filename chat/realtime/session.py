@@ -223,8 +223,10 @@ class RealtimeSession:
         usage.audio_seconds_in = round(self.audio_in_s, 3)
         usage.turns = self.turns
         usage.streamed = True
-        await self.admitted.release()
-        self.record.finish(self.record.error.status if self.record.error else 200)
+        try:
+            await self.admitted.release()
+        finally:  # the session's row is written whatever happens to its release
+            self.record.finish(self.record.error.status if self.record.error else 200)
 
     # --- client events --------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any, cast
 from django.conf import settings
 
 from registry import metrics
-from registry.errors import ModelMemoryBusy, ModelUnavailable
+from registry.errors import ModelMemoryBusy, ModelUnavailable, OpenAIError
 from registry.resolved import ResolvedModel
 from registry.speech import memory, sources
 from registry.speech.engines import engine_class
@@ -56,6 +56,7 @@ class Entry:
     failed_at: datetime | None = None
     memory_bytes: int = 0  # measured as it loaded (or, before that, estimated): see memory.py
     device: str = ""  # where it loads, known before it does
+    refusal: OpenAIError | None = None  # why the cache refused to load it (memory): for its waiters
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,8 @@ class ModelCache:
             if entry.engine is not None:
                 return entry.engine
             model = entry.model
+            if entry.refusal is not None:  # the load we waited for was refused: the same answer
+                raise _again(entry.refusal)
             if entry.error:
                 # The load we waited for failed: share its failure. The entry is already out of
                 # the cache, so the next request starts a fresh load.
@@ -200,7 +203,8 @@ class ModelCache:
                 # A `pypi:` source becomes a local path here, in the loading thread (it may copy files).
                 source = sources.local(model.spec.source, model.spec.download_root)
                 entry.device = memory.device_of(model.spec)
-                entry.memory_bytes = self._sizes.get(model.spec) or memory.on_disk(source)
+                disk = memory.on_disk(source)
+                entry.memory_bytes = self._sizes.get(model.spec) or disk
                 self._make_room(entry)
                 with memory.Measure(entry.device) as measured:
                     engine = cls(replace(model.spec, source=source))
@@ -210,7 +214,7 @@ class ModelCache:
                         del self._entries[model.spec]
                     if isinstance(exc, ModelUnavailable):
                         self._failures[model.model_id] = (exc.message, datetime.now(tz=UTC))
-                entry.error = exc.message
+                entry.error, entry.refusal = exc.message, exc
                 raise
             except Exception as exc:
                 reason = (
@@ -233,7 +237,9 @@ class ModelCache:
             # Only an estimate: other loads and requests may grow (or free) memory meanwhile; a load
             # that seemed to take nothing (its memory mapped, or freed elsewhere) keeps the estimate.
             if measured.bytes > 0:
-                entry.memory_bytes = measured.bytes
+                # Resident memory also grows with whatever else ran meanwhile: never more than twice
+                # the model's files, so one noisy load cannot make it "too large" for good.
+                entry.memory_bytes = min(measured.bytes, 2 * disk) if disk else measured.bytes
             self._sizes[model.spec] = entry.memory_bytes
             entry.loaded_at = datetime.now(tz=UTC)
             entry.error = ""
@@ -291,15 +297,21 @@ class ModelCache:
                 code="model_too_large",
             )
         with self._lock:
-            victims = self._evict_to_fit(entry, budget, need=need)
+            # What idle models cannot free: decided before anything is evicted for nothing.
+            pinned = sum(
+                e.memory_bytes
+                for e in self._entries.values()
+                if e is not entry and e.device == entry.device and (e.in_use > 0 or e.load_lock.locked())
+            )
+            short = pinned + need - budget
+            victims = [] if short > 0 else self._evict_to_fit(entry, budget, need=need)
             self._count(victims, "evicted")
-            short = self._held(entry) + need - budget
         if victims:
             gc.collect()
         if short > 0:
             raise ModelMemoryBusy(
                 f"The model '{model_id}' needs {_mib(need)} on {entry.device}, and the models in use "
-                f"there leave {_mib(budget - self._held(entry))} of VOICEPROXY_MODEL_MEMORY's "
+                f"there leave {_mib(max(0, budget - pinned))} of VOICEPROXY_MODEL_MEMORY's "
                 f"{_mib(budget)}; retry shortly.",
                 retry_after=5,
             )
@@ -392,3 +404,10 @@ model_cache = ModelCache()
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.0f} MiB"
+
+
+def _again(refusal: OpenAIError) -> OpenAIError:
+    """The refusal a waiter shares, as a new exception of the same kind."""
+    if isinstance(refusal, ModelMemoryBusy):
+        return ModelMemoryBusy(refusal.message, retry_after=int(refusal.headers.get("Retry-After", "5")))
+    return ModelUnavailable(refusal.message, param="model", code=refusal.code)

@@ -105,14 +105,15 @@ def resident_bytes() -> int:
         return 0
 
 
-def _cuda_free() -> int | None:
+def _cuda_free(device: str) -> int | None:
+    """Free memory on `device` ("cuda": the current GPU; "cuda:1": that one), None without CUDA."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    free, _total = torch.cuda.mem_get_info()
+    free, _total = torch.cuda.mem_get_info(device if ":" in device else None)
     return int(free)
 
 
@@ -124,14 +125,14 @@ class Measure:
         self.bytes = 0
 
     def __enter__(self) -> Measure:
-        self._before = _cuda_free() if self.device.startswith("cuda") else resident_bytes()
+        self._before = _cuda_free(self.device) if self.device.startswith("cuda") else resident_bytes()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._before is None:
             return
         if self.device.startswith("cuda"):
-            after = _cuda_free()
+            after = _cuda_free(self.device)
             self.bytes = max(0, self._before - after) if after is not None else 0
         else:
             self.bytes = max(0, resident_bytes() - self._before) if self._before else 0

@@ -22,6 +22,7 @@ connection stays usable. Each transcription and synthesis is one audit row (`wyo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,7 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from registry import audit
-from registry.errors import InvalidAudio, OpenAIError, as_openai_error
+from registry.errors import InvalidAudio, InvalidRequest, OpenAIError, as_openai_error
 from registry.speech import audio, stt, tts, workers
 from registry.speech.engines.base import Samples
 from registry.wyoming import catalog
@@ -48,6 +49,43 @@ METHOD = "WYOMING"
 ASR, TTS = "wyoming:asr", "wyoming:tts"
 OUT_WIDTH, OUT_CHANNELS = 2, 1
 CHUNK_BYTES = 4096  # audio out per audio-chunk event, at most
+# What one connection may send: an event's data and payload (audio chunks are a few KiB), the audio
+# formats it may declare, its audio per transcription (also VOICEPROXY_MAX_AUDIO_SECONDS), and how
+# long it may stay silent between events.
+MAX_EVENT_BYTES = 1 << 20
+MAX_RATE, MAX_WIDTH, MAX_CHANNELS = 192_000, 4, 8
+IDLE_SECONDS = 300.0
+
+
+class EventTooLarge(Exception):
+    pass
+
+
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """The wyoming library's reader, with every length bounded (its own reads whatever a client
+    declares). None at the end of the stream or for a malformed header."""
+    line = await reader.readline()
+    if not line:
+        return None
+    try:
+        header = json.loads(line)
+        data_length = int(header.get("data_length") or 0)
+        payload_length = int(header.get("payload_length") or 0)
+        kind = str(header["type"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not 0 <= data_length <= MAX_EVENT_BYTES or not 0 <= payload_length <= MAX_EVENT_BYTES:
+        raise EventTooLarge(f"An event may carry at most {MAX_EVENT_BYTES} bytes of data and of payload.")
+    data = header.get("data") if isinstance(header.get("data"), dict) else {}
+    if data_length:
+        try:
+            extra = json.loads(await reader.readexactly(data_length))
+        except ValueError:
+            return None
+        if isinstance(extra, dict):
+            data.update(extra)
+    payload = await reader.readexactly(payload_length) if payload_length else None
+    return Event(type=kind, data=data, payload=payload)
 
 
 def to_samples(data: bytes, *, width: int, channels: int) -> Samples:
@@ -79,17 +117,25 @@ class _Recording:
         self.parts: list[bytes] = []
         self.size = 0
         self.too_long = False
+        self.bad_format = ""
 
     def format(self, fmt: AudioStart | AudioChunk) -> None:
-        if fmt.rate > 0 and fmt.width in (1, 2, 3, 4) and fmt.channels > 0:
+        if 0 < fmt.rate <= MAX_RATE and 1 <= fmt.width <= MAX_WIDTH and 1 <= fmt.channels <= MAX_CHANNELS:
             self.rate, self.width, self.channels = fmt.rate, fmt.width, fmt.channels
+        else:
+            self.bad_format = f"{fmt.rate} Hz, {fmt.width} bytes, {fmt.channels} channels"
 
     def add(self, chunk: AudioChunk) -> None:
         if not self.parts:
             self.format(chunk)
-        limit = settings.VOICEPROXY_MAX_AUDIO_SECONDS * self.rate * self.width * self.channels
-        if self.size + len(chunk.audio) > limit:
-            self.too_long = True
+        # Seconds of audio at the declared format, and never more bytes than an upload may have.
+        limit = min(
+            settings.VOICEPROXY_MAX_AUDIO_SECONDS * self.rate * self.width * self.channels,
+            2 * settings.VOICEPROXY_MAX_AUDIO_BYTES,
+        )
+        if self.too_long or self.bad_format or self.size + len(chunk.audio) > limit:
+            self.too_long = not self.bad_format
+            self.parts.clear()  # kept no longer: the transcription will be refused
             return
         self.parts.append(chunk.audio)
         self.size += len(chunk.audio)
@@ -103,6 +149,26 @@ class WyomingHandler(AsyncEventHandler):
         self.recording: _Recording | None = None
         self.text_stream: asyncio.Queue[str | None] | None = None
         self.speaking: asyncio.Task[None] | None = None
+        self.streamed_chars = 0
+        self.overflowed = False
+
+    async def run(self) -> None:
+        """Events until the client leaves, goes quiet for IDLE_SECONDS, or sends one too large."""
+        try:
+            while True:
+                async with asyncio.timeout(IDLE_SECONDS):
+                    event = await read_event(self.reader)
+                if event is None or not await self.handle_event(event):
+                    break
+        except TimeoutError:
+            logger.info("Wyoming client %s idle for %.0f s: closed", self.client, IDLE_SECONDS)
+        except EventTooLarge as exc:
+            await self._error(InvalidRequest(str(exc), code="event_too_large"))
+        except ValueError:  # an event header past the reader's line limit (64 KiB)
+            await self._error(InvalidRequest("An event header is too long.", code="event_too_large"))
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def handle_event(self, event: Event) -> bool:
         try:
@@ -131,7 +197,12 @@ class WyomingHandler(AsyncEventHandler):
             await self._stream_start(SynthesizeStart.from_event(event))
         elif SynthesizeChunk.is_type(event.type):
             if self.text_stream is not None:
-                self.text_stream.put_nowait(SynthesizeChunk.from_event(event).text)
+                text = SynthesizeChunk.from_event(event).text
+                self.streamed_chars += len(text)
+                if self.streamed_chars > settings.VOICEPROXY_MAX_TTS_CHARS:  # the rest is not spoken
+                    await self._stream_overflow()
+                else:
+                    self.text_stream.put_nowait(text)
         elif SynthesizeStop.is_type(event.type):
             await self._stream_stop()
         elif Synthesize.is_type(event.type) and self.text_stream is None:
@@ -153,9 +224,16 @@ class WyomingHandler(AsyncEventHandler):
         with audit.scope(method=METHOD, endpoint=ASR) as record:
             record.bytes_in = recording.size
             try:
+                if recording.bad_format:
+                    raise InvalidAudio(
+                        f"Unsupported audio format ({recording.bad_format}): at most {MAX_RATE} Hz, "
+                        f"{MAX_WIDTH} bytes a sample, {MAX_CHANNELS} channels.",
+                        param="audio",
+                    )
                 if recording.too_long:
                     raise InvalidAudio(
-                        f"The audio is longer than {settings.VOICEPROXY_MAX_AUDIO_SECONDS:.0f} s.",
+                        f"The audio is longer than {settings.VOICEPROXY_MAX_AUDIO_SECONDS:.0f} s "
+                        f"or {2 * settings.VOICEPROXY_MAX_AUDIO_BYTES} bytes.",
                         param="audio",
                     )
                 samples = await workers.run(
@@ -184,19 +262,34 @@ class WyomingHandler(AsyncEventHandler):
     # --- text to speech ---------------------------------------------------------------------------
 
     async def _synthesize(self, request: Synthesize) -> None:
+        if len(request.text) > settings.VOICEPROXY_MAX_TTS_CHARS:
+            with audit.scope(method=METHOD, endpoint=TTS) as record:
+                await self._error(record.fail(_too_long()))
+            return
         await self._speak(request.voice, _once(request.text), streamed=False)
+
+    async def _stream_overflow(self) -> None:
+        """A stream past VOICEPROXY_MAX_TTS_CHARS: what was sent so far is spoken, the rest refused."""
+        queue = self.text_stream
+        if queue is None or self.overflowed:
+            return
+        self.overflowed = True
+        queue.put_nowait(None)
+        if self.speaking is not None:
+            await self.speaking
+        await self._error(_too_long())
 
     async def _stream_start(self, start: SynthesizeStart) -> None:
         if self.speaking is not None:  # a new stream before the last one stopped: end that one first
             await self._stream_stop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.text_stream = queue
+        self.text_stream, self.streamed_chars, self.overflowed = queue, 0, False
         self.speaking = asyncio.create_task(self._speak(start.voice, _drain(queue), streamed=True))
 
     async def _stream_stop(self) -> None:
         queue, speaking = self.text_stream, self.speaking
         self.text_stream = self.speaking = None
-        if queue is not None:
+        if queue is not None and not self.overflowed:
             queue.put_nowait(None)
         if speaking is not None:
             await speaking
@@ -250,3 +343,10 @@ async def _once(text: str) -> AsyncIterator[str]:
 async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
     while (piece := await queue.get()) is not None:
         yield piece
+
+
+def _too_long() -> InvalidRequest:
+    limit = settings.VOICEPROXY_MAX_TTS_CHARS
+    return InvalidRequest(
+        f"The text is longer than {limit} characters.", param="input", code="input_too_long"
+    )

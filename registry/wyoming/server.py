@@ -20,13 +20,14 @@ from wyoming.event import async_write_event
 
 from registry import audit, db_threads
 from registry.addresses import Network, allowed
-from registry.errors import PermissionDenied
+from registry.errors import OpenAIError, PermissionDenied, ServerBusy
 from registry.wyoming.handler import METHOD, WyomingHandler
 
 logger = logging.getLogger(__name__)
 
 _ANY = ("0.0.0.0", "::")  # noqa: S104 - an address to compare with, not to bind
 REFUSAL_LINGER_S = 2.0
+MAX_CONNECTIONS = 64  # clients served at once; more are refused with an `error` event
 
 
 class WyomingServer:
@@ -48,7 +49,16 @@ class WyomingServer:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else ""
         if not allowed(client, self.allow):
-            await self._refuse(reader, writer, client)
+            why: OpenAIError = PermissionDenied(
+                f"The client address {client} is not allowed.", code="client_not_allowed"
+            )
+            await self._refuse(reader, writer, client, why)
+            return
+        if len(self.handlers) >= MAX_CONNECTIONS:
+            why = ServerBusy(
+                f"This server holds its maximum of {MAX_CONNECTIONS} Wyoming connections; retry."
+            )
+            await self._refuse(reader, writer, client, why)
             return
         handler = WyomingHandler(reader, writer, client=client)
         task = asyncio.current_task()
@@ -61,12 +71,12 @@ class WyomingServer:
         finally:
             self.handlers.discard(task)
 
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
-        logger.warning("Wyoming connection from %s refused: not in the allow-list", client)
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str, why: OpenAIError
+    ) -> None:
+        logger.warning("Wyoming connection from %s refused: %s", client, why.message)
         with audit.scope(method=METHOD, endpoint="wyoming:connect") as record:
-            error = record.fail(
-                PermissionDenied(f"The client address {client} is not allowed.", code="client_not_allowed")
-            )
+            error = record.fail(why)
         with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
             await async_write_event(Error(text=error.message, code=str(error.code)).event(), writer)
             writer.write_eof()
