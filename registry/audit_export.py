@@ -6,7 +6,10 @@ cursor or transaction stays open between batches, and a batch can be read on any
 batch becomes one chunk of text. `stream()` turns the chunks into the async iterator that
 StreamingHttpResponse needs under ASGI (given a sync iterator, Django reads it whole first).
 
-What is exported is the row as stored, without the key's id: a key is named by its prefix.
+What is exported is the row as stored, without the key's id: a key is named by its prefix. In CSV
+only, a text cell that a spreadsheet would read as a formula (it begins with =, +, -, @, a tab or a
+carriage return: a client's request id, an upstream's error message) gets a leading ' so that it is
+shown as text, never run; JSON Lines keeps every value as it is.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ FIELDS = [
     "session_id",
     "turns",
 ]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as a formula
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 
 
@@ -137,6 +141,8 @@ def _cell(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 

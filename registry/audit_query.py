@@ -62,8 +62,15 @@ def search_q(term: str) -> Q:
     )
 
 
+# The moments a filter may name: a day short of datetime's own limits, so that the moment in UTC,
+# in any time zone, or a day either side of it (the dashboard's default window) still exists.
+EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
+LATEST = dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(days=1)
+
+
 def parse_moment(value: str, *, end: bool = False) -> dt.datetime | None:
-    """An ISO date or date-time as an aware datetime; None if `value` is neither.
+    """An ISO date or date-time as an aware datetime; None if `value` is neither, or is outside
+    [EARLIEST, LATEST] (`9999-12-31`, `0001-01-01T00:00+05:00`: they exist only as text).
 
     A bare date means the start of that day, or with `end` the start of the next, so that
     `since=D&until=D` is the whole of day D (since is inclusive, until exclusive). A date-time
@@ -74,15 +81,16 @@ def parse_moment(value: str, *, end: bool = False) -> dt.datetime | None:
         # The date first: parse_datetime() takes a bare date too, as its midnight.
         day = dateparse.parse_date(value)
         moment = None if day else dateparse.parse_datetime(value)
-    except ValueError:  # well-formed but impossible: 2025-02-30
+        if day is not None:
+            moment = dt.datetime.combine(day + dt.timedelta(days=1 if end else 0), dt.time())
+        if moment is None:
+            return None
+        if timezone.is_naive(moment):
+            moment = timezone.make_aware(moment)
+        in_utc = moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # impossible (2025-02-30), or past year 1 or 9999
         return None
-    if day is not None:
-        moment = dt.datetime.combine(day + dt.timedelta(days=1 if end else 0), dt.time())
-    if moment is None:
-        return None
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment)
-    return moment
+    return moment if EARLIEST <= in_utc <= LATEST else None
 
 
 def distinct_values(field: str) -> list[str]:

@@ -34,6 +34,8 @@ BUCKET_SECONDS = {"hour": 300, "day": 3600, "week": 6 * 3600}
 # A custom window gets the smallest of these that keeps its chart under MAX_BUCKETS bars.
 NICE_BUCKETS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
 MAX_BUCKETS = 72
+# The longest custom window: a longer one reads too much of a large log for one page view.
+MAX_SPAN = timedelta(days=400)
 
 # The latency columns, by the stage's name on the page.
 STAGES = {
@@ -163,13 +165,16 @@ def parse_window(
 ) -> Window:
     """The window a page asks for: `window` (hour, day, week; default day) up to now, or `since` and
     `until` read as the request log's filters read them (audit_query.parse_moment: ISO dates or
-    date-times; a bare `until` date includes that day); `until` defaults to now. Raises BadWindow."""
+    date-times; a bare `until` date includes that day); `until` defaults to now. Raises BadWindow,
+    also for a custom window longer than MAX_SPAN."""
     now = (now or timezone.now()).replace(microsecond=0)  # whole seconds: links repeat it exactly
     if since or until:
         end = _parse_time(until, "until", end=True) if until else now
         start = _parse_time(since, "since") if since else end - WINDOWS[DEFAULT_WINDOW]
         if start >= end:
             raise BadWindow("'since' must be before 'until'.")
+        if end - start > MAX_SPAN:
+            raise BadWindow(f"A window of at most {MAX_SPAN.days} days, please: narrow 'since' and 'until'.")
         return Window(start, end, "custom", bucket_for(end - start))
     name = window or DEFAULT_WINDOW
     if name not in WINDOWS:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.db import connections
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -59,6 +59,14 @@ class Admin:
         return html.unescape(response.text)
 
 
+def key_form_token(admin: Admin) -> str:
+    """The one-time token of a freshly opened "Add API key" form (registry/admin/keys.py)."""
+    page = admin.page("/admin/registry/apikey/add/")
+    match = re.search(r'name="submission" value="([^"]+)"', page)
+    assert match, "no one-time token in the add form"
+    return match.group(1)
+
+
 def csrf_token(page: str) -> str:
     match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     assert match, "no CSRF token in the form"
@@ -66,11 +74,20 @@ def csrf_token(page: str) -> str:
 
 
 @contextmanager
-def logged_in(base_url: str) -> Iterator[Admin]:
-    """A new superuser, logged in over HTTP; deleted afterwards."""
+def logged_in(base_url: str, *, permissions: list[str] | None = None) -> Iterator[Admin]:
+    """A new superuser, logged in over HTTP; deleted afterwards. With `permissions` ("registry.view_apikey",
+    ...): a staff user who has only those instead."""
     username = unique("admin")
     password = uuid.uuid4().hex
-    user = User.objects.create_superuser(username=username, email="", password=password)
+    if permissions is None:
+        user = User.objects.create_superuser(username=username, email="", password=password)
+    else:
+        user = User.objects.create_user(username=username, password=password, is_staff=True)
+        for name in permissions:
+            app_label, codename = name.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
     try:
         with httpx.Client(base_url=base_url, timeout=60) as client:
             login = client.get("/admin/login/")

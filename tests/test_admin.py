@@ -11,7 +11,7 @@ import pytest
 
 from bench.harness import speech
 from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
-from tests.admin_client import unique
+from tests.admin_client import key_form_token, unique
 from tests.audit_log import audit_row
 
 LOOPBACK_KEY = "sk-upstream-SECRET-never-shown"  # conftest's registry gives "loopback" this key
@@ -123,6 +123,7 @@ def add_key(admin, name):
             "expires_at_1": "",
             "allowed_models": "",
             "rate_limit_per_minute": "",
+            "submission": key_form_token(admin),
             "_save": "Save",
         },
     )

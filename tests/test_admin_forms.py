@@ -23,7 +23,7 @@ from bench.harness import upstream as fake_upstream
 from bench.harness.daphne import free_port
 from registry import key_usage, upstream_probe
 from registry.models import ApiKey, RequestLog, Upstream
-from tests.admin_client import has_horizontal_scroll, unique
+from tests.admin_client import has_horizontal_scroll, key_form_token, unique
 
 ADD_UPSTREAM = "/admin/registry/upstream/add/"
 ADD_KEY = "/admin/registry/apikey/add/"
@@ -316,7 +316,8 @@ def key_data(name: str, **fields: str) -> dict[str, str]:
 
 def test_the_new_secret_is_shown_once_with_a_copy_button(admin, gateway):
     name = unique("form-key")
-    response = admin.post(ADD_KEY, key_data(name, allowed_models="whisper-1\ntts-1"))
+    data = key_data(name, allowed_models="whisper-1\ntts-1", submission=key_form_token(admin))
+    response = admin.post(ADD_KEY, data)
     assert response.status_code == 200, html.unescape(response.text)[:3000]
     assert "no-store" in response.headers["cache-control"]
     page = html.unescape(response.text)
@@ -337,6 +338,54 @@ def test_the_new_secret_is_shown_once_with_a_copy_button(admin, gateway):
     session = Session.objects.get(session_key=admin.client.cookies["sessionid"])
     assert secret not in json.dumps(session.get_decoded())
     key.delete()
+
+
+def test_posting_the_add_form_again_adds_no_second_key(admin):
+    """A refresh of the page that shows a new secret posts the add form again: that adds nothing."""
+    name = unique("form-twice")
+    data = key_data(name, submission=key_form_token(admin))
+    first = admin.post(ADD_KEY, data)
+    assert first.status_code == 200 and 'id="vp-secret"' in first.text
+    again = admin.post(ADD_KEY, data)
+    assert again.status_code == 200 and '<a href="/admin/registry/apikey/">key' in again.text  # a link
+    page = html.unescape(again.text)
+    assert 'id="vp-secret"' not in page
+    assert re.search(
+        r"This form was already submitted; the key was created — see the\s*"
+        r"<a href=\"/admin/registry/apikey/\">key\s+list</a>",
+        page,
+    ), page[:3000]
+    assert ApiKey.objects.filter(name=name).count() == 1
+
+    # The form shown again carries a token of its own: saving it is a deliberate second key.
+    fresh = re.search(r'name="submission" value="([^"]+)"', page)
+    assert fresh and fresh.group(1) != data["submission"]
+    assert 'id="vp-secret"' in admin.post(ADD_KEY, {**data, "submission": fresh.group(1)}).text
+    assert ApiKey.objects.filter(name=name).count() == 2
+
+    # A token this session was never given (a form from another login), or none, adds nothing either.
+    for token in ("made-up", ""):
+        refused = html.unescape(admin.post(ADD_KEY, {**data, "submission": token}).text)
+        assert "This form is out of date" in refused and 'id="vp-secret"' not in refused
+    assert ApiKey.objects.filter(name=name).count() == 2
+    ApiKey.objects.filter(name=name).delete()
+
+
+def test_urls_with_an_id_that_is_no_row_s_are_404s_never_500s(admin, own_upstream):
+    for url in (
+        "/admin/registry/apikey/abc/revoke/",
+        "/admin/registry/apikey/abc/restore/",
+        "/admin/registry/apikey/987654321/revoke/",
+        "/admin/registry/upstream/abc/test-connection/",
+        "/admin/registry/upstream/abc/use-models/",
+        "/admin/registry/upstream/1.5/test-connection/",
+        "/admin/registry/upstream/987654321/use-models/",
+    ):
+        assert admin.get(url).status_code in (404, 405), url  # 405: a POST-only URL
+        assert admin.post(url, {"model": ["m"]}).status_code == 404, url
+    for url in ("/admin/registry/apikey//revoke/", "/admin/registry/upstream//test-connection/"):
+        assert admin.get(url).status_code in (302, 404), url  # the admin's "no such object" redirect
+    assert own_upstream.chat_models == ["old-model"]
 
 
 def test_the_key_form_has_list_fields_help_and_known_names(admin, make_key):

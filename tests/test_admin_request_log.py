@@ -315,6 +315,29 @@ def test_bad_filter_values_are_ignored_and_said_never_a_500(admin, seeded):
     assert admin.get(LIST + "export/csv/", status="7xx", **WINDOW).status_code == 200
 
 
+def test_query_strings_past_the_calendar_or_odd_digits_are_ignored_never_a_500(admin, seeded):
+    for params in (
+        {"until": "9999-12-31"},
+        {"since": "0001-01-01T00:00+05:00"},
+        {"since": "0001-01-01"},
+        {"until": "9999-12-31T23:59:59-05:00"},
+    ):
+        page = admin.page(LIST, **params)  # asserts 200
+        assert "is not a date" in page, params
+        assert admin.get(LIST + "export/csv/", **params).status_code == 200
+    for key in ("²", "١٢", "99999999999999999999999"):  # digits to isdigit(), not to int() or the database
+        page = admin.page(LIST, key=key)
+        assert "ignored key=" in page, key
+        assert admin.get(LIST + "export/jsonl/", key=key, **WINDOW).status_code == 200
+    assert shown(admin, key="²") == IN_DAY
+    # PostgreSQL cannot compare text with a NUL in it: every admin page refuses one in its query string.
+    for name in ("route", "model", "upstream", "q", "error_code", "since", "status"):
+        assert admin.get(LIST, **{name: "a\x00b"}).status_code == 400, name
+    assert admin.get(LIST + "export/csv/", q="\x00").status_code == 400
+    assert admin.get("/admin/registry/apikey/", q="a\x00b").status_code == 400
+    assert admin.get("/admin/dashboard/", since="\x00").status_code == 400
+
+
 # --- an entry --------------------------------------------------------------------------------------
 
 
@@ -427,6 +450,52 @@ def test_jsonl_export_streams_the_searched_rows(admin, seeded):
     everything = admin.get(LIST + "export/jsonl/", **WINDOW).text.splitlines()
     ids = [json.loads(line)["request_id"] for line in everything]
     assert ids == [rid(n) for n in ("long", "f", "e", "d", "c", "b", "a")]  # newest first
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_jsonl_keeps_them(admin):
+    """A client's request id or an upstream's error message is anyone's text: in CSV, one that begins
+    like a formula gets a leading ' (shown as text); JSON Lines has it as it is."""
+    marker = uuid.uuid4().hex[:8]
+    day = DAY + dt.timedelta(days=5)
+    hostile = {
+        "eq": '=HYPERLINK("http://evil.example","x")',
+        "plus": "+1+cmd|' /C calc'!A0",
+        "minus": "-2+3",
+        "at": "@SUM(A1:A2)",
+        "tab": "\t=1+1",
+        "cr": "\r=1+1",
+        "plain": "a=b, +c",
+    }
+    RequestLog.objects.bulk_create(
+        [
+            RequestLog(
+                created=day + dt.timedelta(minutes=i),
+                request_id=f"csv_{marker}_{name}",
+                client_request_id=text,
+                method="POST",
+                endpoint="/v1/chat/completions",
+                route="/v1/chat/completions",
+                status_code=502,
+                error_message=text,
+                upstream=text,
+            )
+            for i, (name, text) in enumerate(hostile.items())
+        ]
+    )
+    try:
+        window = {"since": day.isoformat(), "until": (day + dt.timedelta(hours=1)).isoformat()}
+        rows = list(csv.DictReader(io.StringIO(admin.get(LIST + "export/csv/", **window).text)))
+        by_name = {row["request_id"].rsplit("_", 1)[1]: row for row in rows}
+        assert set(by_name) == set(hostile)
+        for name, text in hostile.items():
+            expected = text if name == "plain" else "'" + text
+            row = by_name[name]
+            assert [row["client_request_id"], row["error_message"], row["upstream"]] == [expected] * 3, name
+        assert by_name["minus"]["status_code"] == "502"  # numbers are numbers
+        lines = [json.loads(line) for line in admin.get(LIST + "export/jsonl/", **window).text.splitlines()]
+        assert {line["client_request_id"] for line in lines} == set(hostile.values())
+    finally:
+        RequestLog.objects.filter(request_id__startswith=f"csv_{marker}_").delete()
 
 
 BULK = 10_050  # past the list's count limit (10,000) and five export batches

@@ -230,3 +230,55 @@ def test_a_preview_needs_an_admin_login(gateway):
     joe = Voice.objects.get(model__model_id=PIPER, name="joe")
     response = httpx.get(f"{gateway.url}/admin/registry/voice/{joe.pk}/preview/")
     assert response.status_code == 302 and "/admin/login/" in response.headers["location"]
+
+
+# --- load now ----------------------------------------------------------------------------------------------
+
+
+def test_load_now_says_why_the_memory_budget_refuses_never_a_500(settings):
+    """ "Load now" refused because the models in use fill the memory budget (ModelMemoryBusy, a
+    ServerBusy rather than a ModelUnavailable) is an error message on the page. In this process,
+    with a real Piper voice in use and a budget one byte short of it plus the Whisper model."""
+    from django.contrib import admin as django_admin
+    from django.contrib import messages
+    from django.contrib.auth.models import User
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.test import RequestFactory
+
+    from bench.harness.speech import piper_voice_path, whisper_model_dir
+    from registry import fleet
+    from registry.models import CacheCommand
+    from registry.resolved import ResolvedModel
+    from registry.speech import memory
+    from registry.speech.cache import model_cache
+    from registry.speech.engines.base import EngineSpec
+
+    settings.VOICEPROXY_MODEL_MEMORY = ""
+    held_id = unique("busy-piper")
+    spec = EngineSpec(model_id=held_id, engine="piper", source=str(piper_voice_path()), device="cpu")
+    held = ResolvedModel(model_id=held_id, task="tts", spec=spec, idle_ttl=0, names=(held_id,), pk=0)
+    row = SpeechToTextModel.objects.create(
+        model_id=unique("busy-whisper"),
+        engine="faster-whisper",
+        source=str(whisper_model_dir()),
+        device="cpu",
+    )
+    request = RequestFactory().post("/admin/registry/speechtotextmodel/")
+    request.user = User(username=unique("busy"))
+    request._messages = CookieStorage(request)
+    model_admin = django_admin.site._registry[SpeechToTextModel]
+    try:
+        with model_cache.use(held):
+            room = model_cache.status(held_id).memory_bytes + memory.on_disk(str(whisper_model_dir())) - 1
+            settings.VOICEPROXY_MODEL_MEMORY = f"cpu={room}"
+            model_admin.load_now(request, SpeechToTextModel.objects.filter(pk=row.pk))
+        said = [(m.level, m.message) for m in request._messages]
+        assert any(level == messages.ERROR and "retry shortly" in text for level, text in said), said
+        assert model_cache.status(row.model_id).state != "loaded"
+    finally:
+        model_cache.unload(held_id)
+        model_cache.unload(row.model_id)
+        row.delete()
+        # The action sent the load to the other server processes too: take it back.
+        others = [p.id for p in fleet.read(fresh=True).others]
+        fleet.send(action=CacheCommand.UNLOAD, model_id=row.model_id, targets=others)

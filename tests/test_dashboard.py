@@ -249,6 +249,23 @@ def test_the_window_is_an_hour_a_day_a_week_or_custom():
             dashboard.parse_window(now=now, **bad)
 
 
+def test_windows_past_the_calendar_or_too_long_are_bad_windows_not_errors():
+    now = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)
+    for bad in [
+        {"until": "9999-12-31"},  # its end, the next day, is past year 9999
+        {"since": "0001-01-01T00:00+05:00"},  # before year 1 in UTC
+        {"until": "0001-01-01T00:30"},  # its default since, a day before, is before year 1
+        {"since": "9999-12-31T23:59-05:00"},
+    ]:
+        with pytest.raises(dashboard.BadWindow, match="is not a date or date-time"):
+            dashboard.parse_window(now=now, **bad)
+    limit = dashboard.MAX_SPAN.days
+    longest = dashboard.parse_window(since="2025-01-01T00:00", until=f"{2025 + limit // 365}-01-01", now=now)
+    assert longest.until - longest.since <= dashboard.MAX_SPAN
+    with pytest.raises(dashboard.BadWindow, match=f"at most {limit} days"):
+        dashboard.parse_window(since="0001-01-02", until="9999-12-29", now=now)
+
+
 def test_an_empty_window_has_no_figures_but_every_bucket():
     empty = dashboard.build(dashboard.parse_window(since="1993-06-10T00:00:00", until="1993-06-10T01:00:00"))
     assert (empty.headline.requests, empty.headline.p95_ms, empty.headline.error_rate) == (0, None, None)
@@ -328,6 +345,18 @@ def test_the_links_open_the_request_log_on_the_same_rows(admin, seeded):
     )
     assert any(r.request_id in listed for r in rows if r.api_key == key)
     assert not any(r.request_id in listed for r in rows if r.api_key != key)
+
+
+def test_windows_out_of_range_say_so_never_a_500(admin):
+    for params in (
+        {"until": "9999-12-31"},
+        {"since": "0001-01-01T00:00+05:00"},
+        {"since": "0001-01-01"},
+        {"since": "2000-01-01", "until": "2030-01-01"},
+    ):
+        page = admin.page("/admin/dashboard/", **params)  # asserts 200
+        assert "is not a date or date-time" in page or "at most 400 days" in page, params
+        assert 'aria-current="true">Last day<' in page, params
 
 
 def test_a_bad_window_says_so_and_shows_the_default_day(admin):

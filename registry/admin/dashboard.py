@@ -1,6 +1,6 @@
-"""The dashboard page (/admin/dashboard/, staff only): registry/dashboard.py's figures for a window,
-as headline numbers, SVG charts (registry/charts.py) and tables that link to the request log
-filtered to the same rows.
+"""The dashboard page (/admin/dashboard/, for staff who may view the request log):
+registry/dashboard.py's figures for a window, as headline numbers, SVG charts (registry/charts.py)
+and tables that link to the request log filtered to the same rows.
 
 The page only formats: the figures come from one `dashboard.build()` call, the window from the
 query string (`window=hour|day|week`, or `since` and `until`).
@@ -184,4 +184,11 @@ def _local_input(moment: datetime) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%dT%H:%M")
 
 
-extra_page("dashboard/", dashboard_view, name="dashboard", title="Dashboard")
+extra_page(
+    "dashboard/",
+    dashboard_view,
+    name="dashboard",
+    title="Dashboard",
+    # Its figures are the request log's, summed: for who may read that log.
+    permissions=("registry.view_requestlog", "registry.change_requestlog"),
+)

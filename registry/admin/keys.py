@@ -2,24 +2,29 @@
 
 A new key's secret is shown once, in the answer to the add form's POST (a panel with a Copy button),
 and kept nowhere: not in the session, not in a message cookie, not in the database (only its hash).
+That answer is a POST's, so a refresh would post the form again: the form carries a one-time token,
+spent by the add, and a second post of it is a form error instead of a second key.
 A key's page shows its usage (registry/key_usage.py), links to its requests, and revokes or
-restores it with a button.
+restores it with a button (for who may change keys; each logged in the key's history).
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.utils import unquote
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from registry import key_usage
 from registry.admin.common import looks_up
@@ -27,6 +32,12 @@ from registry.admin.fields import StringListField
 from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
 
 REQUESTS_URL = "admin:registry_requestlog_changelist"
+REVOKED_AT = [{"changed": {"fields": ["Revoked at"]}}]  # a revoke's or restore's history entry
+
+# The add form's one-time tokens, in the session: {"unused": [...], "used": [...]}, the newest
+# KEEP_TOKENS of each (one per add page opened, so several tabs each have theirs).
+TOKENS = "voiceproxy_apikey_add_tokens"
+KEEP_TOKENS = 20
 
 
 def known_model_names() -> list[str]:
@@ -57,6 +68,73 @@ class ApiKeyForm(forms.ModelForm):
             "expires_at": "From then on the key gets 401; empty: it does not expire.",
             "rate_limit_per_minute": "Requests per minute; empty: unlimited.",
         }
+
+
+def _tokens(session: SessionBase) -> dict[str, list[str]]:
+    stored = session.get(TOKENS)
+    if not isinstance(stored, dict):
+        return {"unused": [], "used": []}
+    return {k: [t for t in stored.get(k, []) if isinstance(t, str)] for k in ("unused", "used")}
+
+
+def _issue_token(session: SessionBase) -> str:
+    token = secrets.token_urlsafe(16)
+    tokens = _tokens(session)
+    tokens["unused"] = [*tokens["unused"], token][-KEEP_TOKENS:]
+    session[TOKENS] = tokens
+    return token
+
+
+def _spend_token(session: SessionBase, token: str) -> None:
+    tokens = _tokens(session)
+    tokens["unused"] = [t for t in tokens["unused"] if t != token]
+    tokens["used"] = [*tokens["used"], token][-KEEP_TOKENS:]
+    session[TOKENS] = tokens
+
+
+class ApiKeyAddForm(ApiKeyForm):
+    """The add form with a one-time token (a hidden field): issued when the form is shown, spent when
+    the key is added. A post with a spent token (the secret's page refreshed, or the form sent twice)
+    adds nothing and says so; one with a token this session was never given (a form from before a
+    new login), likewise. Either way the form shown again carries a new token."""
+
+    submission = forms.CharField(widget=forms.HiddenInput, required=False)
+    session: SessionBase  # the request's, set by ApiKeyAdmin.get_form
+    data: Any  # what was posted; clean() replaces a refused token in it
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial["submission"] = _issue_token(self.session)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        problem = self._token_problem(cleaned.get("submission") or "")
+        if problem is not None:
+            # The form shown again gets a token of its own: saving it then is a deliberate new key.
+            self.data = self.data.copy()
+            self.data[self.add_prefix("submission")] = _issue_token(self.session)
+            raise problem
+        return cleaned
+
+    def _token_problem(self, token: str) -> ValidationError | None:
+        tokens = _tokens(self.session)
+        if token in tokens["used"]:
+            return ValidationError(
+                format_html(
+                    'This form was already submitted; the key was created — see the <a href="{}">key '
+                    "list</a>. Nothing was added now.",
+                    reverse("admin:registry_apikey_changelist"),
+                ),
+                code="already_submitted",
+            )
+        if token not in tokens["unused"]:
+            return ValidationError(
+                "This form is out of date (or was sent from elsewhere); nothing was added. "
+                "Check the fields and save again.",
+                code="unknown_submission",
+            )
+        return None
 
 
 class KeyStatusFilter(admin.SimpleListFilter):
@@ -103,7 +181,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         editable = list(ApiKeyForm.Meta.fields)
-        return ["prefix", "status", *editable, "created", "last_used", "revoked_at"] if obj else editable
+        if obj is None:
+            return [*editable, "submission"]
+        return ["prefix", "status", *editable, "created", "last_used", "revoked_at"]
+
+    def get_form(
+        self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is not None:
+            return super().get_form(request, obj, change, **kwargs)
+        # The add form's class, bound to this request's session (where its tokens are kept).
+        form = type("ApiKeyAddForm", (ApiKeyAddForm,), {"session": request.session})
+        return super().get_form(request, obj, change, form=form, **kwargs)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
         # As for upstream keys: no URL filter on the stored hash.
@@ -146,7 +235,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _editable(self, request: HttpRequest, object_id: str) -> ApiKey:
-        key = get_object_or_404(ApiKey, pk=object_id)
+        """The key of a revoke or restore URL: 404 for an id that is no key's (`abc` included), 403
+        for a user who may not change keys."""
+        key = self.get_object(request, unquote(object_id))
+        if key is None:
+            raise Http404("There is no API key with that id.")
         if not self.has_change_permission(request, key):
             raise PermissionDenied
         return key
@@ -161,7 +254,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             else:
                 key.revoked_at = timezone.now()
                 key.save(update_fields=["revoked_at"])
-                self.log_change(request, key, [{"changed": {"fields": ["Revoked at"]}}])
+                self.log_change(request, key, REVOKED_AT)
                 messages.success(request, f"Revoked {key}: its clients now get 401.")
             return HttpResponseRedirect(change_url)
         context = {
@@ -181,7 +274,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if key.is_revoked:
             key.revoked_at = None
             key.save(update_fields=["revoked_at"])
-            self.log_change(request, key, [{"changed": {"fields": ["Revoked at"]}}])
+            self.log_change(request, key, REVOKED_AT)
             messages.success(
                 request, f"Restored {key}." + (" It has expired, though." if key.is_expired else "")
             )
@@ -195,6 +288,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return
         fields = {f: form.cleaned_data[f] for f in ApiKeyForm.Meta.fields}
         key, secret = ApiKey.issue(**fields)
+        _spend_token(request.session, form.cleaned_data["submission"])
         obj.pk = key.pk  # so the admin's log entry and links point at the new key
         obj.prefix = key.prefix
         obj.secret_hash = key.secret_hash
@@ -220,12 +314,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     # --- list actions -------------------------------------------------------------------------
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} key(s).")
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        ApiKey.objects.filter(pk__in=[k.pk for k in keys]).update(revoked_at=timezone.now())
+        for key in keys:
+            self.log_change(request, key, REVOKED_AT)
+        self.message_user(request, f"Revoked {len(keys)} key(s).")
 
-    @admin.action(description="Restore selected revoked keys")
+    @admin.action(description="Restore selected revoked keys", permissions=["change"])
     def unrevoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        count = queryset.update(revoked_at=None)
-        self.message_user(request, f"Restored {count} key(s).")
+        keys = list(queryset.filter(revoked_at__isnull=False))
+        ApiKey.objects.filter(pk__in=[k.pk for k in keys]).update(revoked_at=None)
+        for key in keys:
+            self.log_change(request, key, REVOKED_AT)
+        self.message_user(request, f"Restored {len(keys)} key(s).")

@@ -8,6 +8,7 @@ second and write back their answer, which the page shows (it reloads itself whil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from registry import fleet, processes
 from registry.admin_site import extra_page
-from registry.models import CacheCommand, SpeechToTextModel, TextToSpeechModel
+from registry.models import CacheCommand, SpeechModel, SpeechToTextModel, TextToSpeechModel
 
 _MODEL_NAMES = ("speechtotextmodel", "texttospeechmodel")
 ALL = "*"  # the target that means every live process
@@ -29,9 +30,10 @@ _UNANSWERED_AFTER = timedelta(minutes=2)  # a command to a live process not take
 
 
 def model_cache_view(request: HttpRequest) -> HttpResponse:
+    """GET: the page (for who may view speech models); POST: one button (for who may change them)."""
     if request.method == "POST":
-        if not any(request.user.has_perm(f"registry.change_{m}") for m in _MODEL_NAMES):
-            raise PermissionDenied  # seeing the page is for staff; acting, for who may edit models
+        if not _may_change(request, None):
+            raise PermissionDenied  # may change no speech model; _act checks the model's own task
         _act(request)
         return HttpResponseRedirect(reverse("admin:model-cache"))
     known = fleet.read(fresh=True)
@@ -40,12 +42,15 @@ def model_cache_view(request: HttpRequest) -> HttpResponse:
     names = {p.id: p.name for p in known.processes}
     live = {p.id for p in known.live}
     rows = [_command_row(c, names, live) for c in commands]
+    changeable = _changeable(request, models)
     context = {
         **admin.site.each_context(request),
         "title": "Model cache",
-        "processes": [_process_row(p, {row.model_id for _, row in models}) for p in known.processes],
+        "processes": [
+            _process_row(p, {row.model_id for _, row in models}, changeable) for p in known.processes
+        ],
         "targets": [p for p in known.live if p.reporting or p.this],
-        "models": [_model_row(task, row, known) for task, row in models],
+        "models": [_model_row(task, row, known, changeable) for task, row in models],
         "commands": rows,
         "refresh": _REFRESH_SECONDS if any(r["pending"] for r in rows) else 0,
         "all": ALL,
@@ -60,7 +65,10 @@ def _act(request: HttpRequest) -> None:
     if action not in (CacheCommand.LOAD, CacheCommand.UNLOAD) or not model_id:
         messages.error(request, "Choose a model to load or unload.")
         return
-    if action == CacheCommand.LOAD and processes.registry_row(model_id) is None:
+    row = processes.registry_row(model_id)
+    if not _may_change(request, row):
+        raise PermissionDenied  # acting on a model needs the change permission on its own task's models
+    if action == CacheCommand.LOAD and row is None:
         messages.error(request, f"No model {model_id!r} in the registry.")
         return
     known = fleet.read(fresh=True)
@@ -99,7 +107,22 @@ def _registry_models() -> list[tuple[str, Any]]:
     return stt + tts
 
 
-def _model_row(task: str, row: Any, known: fleet.Fleet) -> dict[str, Any]:
+def _may_change(request: HttpRequest, row: SpeechModel | None) -> bool:
+    """Whether the user may load or unload `row`: the change permission on its task's models; a
+    model the registry no longer has (only ever unloaded), on either task's."""
+    if row is None:
+        return any(request.user.has_perm(f"registry.change_{m}") for m in _MODEL_NAMES)
+    return request.user.has_perm(f"registry.change_{row._meta.model_name}")
+
+
+def _changeable(request: HttpRequest, models: list[tuple[str, Any]]) -> Callable[[str], bool]:
+    """Whether the page offers buttons for a model id (the POST checks again)."""
+    by_id = {row.model_id: _may_change(request, row) for _, row in models}
+    others = _may_change(request, None)
+    return lambda model_id: by_id.get(model_id, others)
+
+
+def _model_row(task: str, row: Any, known: fleet.Fleet, changeable: Callable[[str], bool]) -> dict[str, Any]:
     across = known.across(row.model_id)
     return {
         "model_id": row.model_id,
@@ -107,10 +130,13 @@ def _model_row(task: str, row: Any, known: fleet.Fleet) -> dict[str, Any]:
         "enabled": row.enabled,
         "state": across.state,
         "loaded": bool(across.where("loaded")),
+        "changeable": changeable(row.model_id),
     }
 
 
-def _process_row(process: fleet.ProcessView, registered: set[str]) -> dict[str, Any]:
+def _process_row(
+    process: fleet.ProcessView, registered: set[str], changeable: Callable[[str], bool]
+) -> dict[str, Any]:
     # A failure is remembered per model id; once that model is gone from the registry it is noise.
     shown = [m for m in process.models if m.state != "failed" or m.model_id in registered]
     return {
@@ -119,7 +145,13 @@ def _process_row(process: fleet.ProcessView, registered: set[str]) -> dict[str, 
         "since": _ago(process.heartbeat) if process.heartbeat else "not reporting",
         "memory": megabytes(process.memory_bytes),
         "models": [
-            {"model": m, "memory": megabytes(m.memory_bytes), "ready": m.state == "loaded"} for m in shown
+            {
+                "model": m,
+                "memory": megabytes(m.memory_bytes),
+                "ready": m.state == "loaded",
+                "changeable": changeable(m.model_id),
+            }
+            for m in shown
         ],
     }
 
@@ -152,4 +184,11 @@ def _ago(moment: datetime) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
-extra_page("model-cache/", model_cache_view, name="model-cache", title="Model cache")
+extra_page(
+    "model-cache/",
+    model_cache_view,
+    name="model-cache",
+    title="Model cache",
+    # Seeing it is for who may see speech models (change implies view, as in the admin's own pages).
+    permissions=tuple(f"registry.{verb}_{m}" for m in _MODEL_NAMES for verb in ("view", "change")),
+)

@@ -77,12 +77,15 @@ class KeyFilter(ChoiceFilter):
         keys = ApiKey.objects.order_by(F("last_used").desc(nulls_last=True), "-pk")
         listed = list(keys.values_list("pk", "name", "prefix")[:KEYS_LISTED])
         chosen = self.value()
-        if chosen and chosen.isdigit() and all(str(pk) != chosen for pk, *_ in listed):
+        if chosen and self.q(chosen) is not None and all(str(pk) != chosen for pk, *_ in listed):
             listed += keys.filter(pk=int(chosen)).values_list("pk", "name", "prefix")
         return [(str(pk), f"{name} ({prefix})") for pk, name, prefix in listed]
 
     def q(self, value: str) -> Q | None:
-        return Q(api_key_id=int(value)) if value.isdigit() else None
+        # isdigit() alone takes "²" and other digits int() refuses; a key's id fits in 63 bits.
+        if not (value.isascii() and value.isdigit()) or int(value) >= 2**63:
+            return None
+        return Q(api_key_id=int(value))
 
 
 class RouteFilter(ChoiceFilter):

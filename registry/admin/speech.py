@@ -3,7 +3,8 @@ help, the model cache of every server process, and a voice's preview.
 
 The cache columns and actions cover every live server process (registry/fleet.py): this one's
 cache is read and acted on at once, the others' as they last reported and through commands they take
-within a second or so (the Model cache page shows their answers).
+within a second or so (the Model cache page shows their answers). The actions need the change
+permission; enabling and disabling is logged in each model's history.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.utils.text import Truncator
 
 from registry import audit, catalog, fleet
 from registry.admin.fields import StringListField, StringListWidget
-from registry.errors import ModelUnavailable, as_openai_error
+from registry.errors import OpenAIError, as_openai_error
 from registry.models import (
     CacheCommand,
     SpeechModel,
@@ -258,15 +259,22 @@ class SpeechModelAdmin(admin.ModelAdmin):
             ),
         )
 
-    @admin.action(description="Enable selected models")
+    @admin.action(description="Enable selected models", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        queryset.update(enabled=True)
+        self._set_enabled(request, queryset, True)
 
-    @admin.action(description="Disable selected models")
+    @admin.action(description="Disable selected models", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        queryset.update(enabled=False)
+        self._set_enabled(request, queryset, False)
 
-    @admin.action(description="Load now (in every server process)")
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Any], enabled: bool) -> None:
+        rows = list(queryset.exclude(enabled=enabled))
+        self.model.objects.filter(pk__in=[r.pk for r in rows]).update(enabled=enabled)
+        for row in rows:
+            self.log_change(request, row, [{"changed": {"fields": ["Enabled"]}}])
+        self.message_user(request, f"{'Enabled' if enabled else 'Disabled'} {len(rows)} model(s).")
+
+    @admin.action(description="Load now (in every server process)", permissions=["change"])
     def load_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         # This process loads here and now: the admin's sync view runs on a thread of its own under
         # ASGI, so only this page waits (for a download, for a hub id not yet fetched).
@@ -282,7 +290,7 @@ class SpeechModelAdmin(admin.ModelAdmin):
                 continue
             try:
                 model_cache.load(catalog.resolved(row))
-            except ModelUnavailable as exc:
+            except OpenAIError as exc:  # it failed to load, is too large, or no room now (ModelMemoryBusy)
                 self.message_user(request, exc.message, messages.ERROR)
                 continue
             status = model_cache.status(row.model_id)
@@ -293,7 +301,7 @@ class SpeechModelAdmin(admin.ModelAdmin):
             )
         _send_to_others(request, CacheCommand.LOAD, sent)
 
-    @admin.action(description="Unload (from every server process)")
+    @admin.action(description="Unload (from every server process)", permissions=["change"])
     def unload(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         selected = [row.model_id for row in queryset]
         ids = [model_id for model_id in selected if model_cache.unload(model_id)]

@@ -3,7 +3,9 @@
 The stored key is write-only: a new upstream's form asks for it plainly; an existing one's says only
 whether one is stored and offers to keep, replace or remove it. "Test connection" (a button on the
 change page, an action on the list) calls the upstream's `/models` (registry/upstream_probe.py) and
-shows what it serves, which can then become its chat models.
+shows what it serves, which can then become its chat models. Whatever changes an upstream or calls
+it with its stored key (the actions, the test, "use these as chat models") needs the change
+permission, is a POST, and is logged in the upstream's history when it changes it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
@@ -164,7 +166,11 @@ class UpstreamAdmin(admin.ModelAdmin):
     # --- test connection ------------------------------------------------------------------------
 
     def _editable(self, request: HttpRequest, object_id: str) -> Upstream:
-        upstream = get_object_or_404(Upstream, pk=object_id)
+        """The upstream of a test or use-models URL: 404 for an id that is no upstream's (`abc`
+        included), 403 for a user who may not change upstreams (the test sends its stored key)."""
+        upstream = self.get_object(request, unquote(object_id))
+        if upstream is None:
+            raise Http404("There is no upstream with that id.")
         if not self.has_change_permission(request, upstream):
             raise PermissionDenied
         return upstream
@@ -196,7 +202,7 @@ class UpstreamAdmin(admin.ModelAdmin):
         probe = upstream_probe.probe(upstream) if request.method == "POST" else None
         return self._results_page(request, [(upstream, probe)])
 
-    @admin.action(description="Test connection of selected upstreams")
+    @admin.action(description="Test connection of selected upstreams", permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> TemplateResponse:
         rows = list(queryset)
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_TESTS) as pool:  # no ORM in there: rows are loaded
@@ -225,10 +231,17 @@ class UpstreamAdmin(admin.ModelAdmin):
         )
         return HttpResponseRedirect(change_url)
 
-    @admin.action(description="Enable selected upstreams")
+    @admin.action(description="Enable selected upstreams", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
-        queryset.update(enabled=True)
+        self._set_enabled(request, queryset, True)
 
-    @admin.action(description="Disable selected upstreams")
+    @admin.action(description="Disable selected upstreams", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
-        queryset.update(enabled=False)
+        self._set_enabled(request, queryset, False)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Upstream], enabled: bool) -> None:
+        rows = list(queryset.exclude(enabled=enabled))
+        Upstream.objects.filter(pk__in=[r.pk for r in rows]).update(enabled=enabled)
+        for row in rows:
+            self.log_change(request, row, [{"changed": {"fields": ["Enabled"]}}])
+        self.message_user(request, f"{'Enabled' if enabled else 'Disabled'} {len(rows)} upstream(s).")
