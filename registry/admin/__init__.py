@@ -10,4 +10,5 @@ from registry.admin import (  # noqa: F401  registers the admins
     request_log,
     speech,
     upstreams,
+    voices,
 )
