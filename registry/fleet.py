@@ -21,8 +21,8 @@ import voiceproxy
 from registry import catalog
 from registry.errors import OpenAIError
 from registry.models import CacheCommand, ServerProcess
-from registry.processes import GONE_AFTER_BEATS, CachedModel, heartbeat, pool_stats, registry_row
-from registry.speech.cache import model_cache
+from registry.processes import GONE_AFTER_BEATS, heartbeat, parse_status, pool_stats, registry_row
+from registry.speech.cache import Status, model_cache
 from registry.speech.memory import resident_bytes
 
 _READ_MEMO_SECONDS = 1.0  # the admin's list cells share one read of the rows
@@ -41,7 +41,7 @@ class ProcessView:
     interval: float
     memory_bytes: int
     pool: dict[str, int]
-    models: tuple[CachedModel, ...]
+    models: tuple[Status, ...]
     live: bool
     this: bool  # the process serving this page: its cache read now, not as last reported
 
@@ -53,7 +53,7 @@ class ProcessView:
     def reporting(self) -> bool:
         return self.heartbeat is not None
 
-    def model(self, model_id: str) -> CachedModel | None:
+    def model(self, model_id: str) -> Status | None:
         return next((m for m in self.models if m.model_id == model_id), None)
 
 
@@ -62,9 +62,9 @@ class Across:
     """One model in the cache of every live process."""
 
     model_id: str
-    seen: tuple[tuple[ProcessView, CachedModel | None], ...]
+    seen: tuple[tuple[ProcessView, Status | None], ...]
 
-    def where(self, state: str) -> list[tuple[ProcessView, CachedModel]]:
+    def where(self, state: str) -> list[tuple[ProcessView, Status]]:
         return [(p, m) for p, m in self.seen if m is not None and m.state == state]
 
     @property
@@ -149,7 +149,7 @@ def _local(row: ServerProcess | None) -> ProcessView:
         interval=settings.VOICEPROXY_HEARTBEAT_SECONDS,
         memory_bytes=resident_bytes(),
         pool=pool_stats(),
-        models=tuple(CachedModel.of(s) for s in model_cache.statuses()),
+        models=tuple(model_cache.statuses()),
         live=True,
         this=True,
     )
@@ -179,7 +179,7 @@ def read(*, fresh: bool = False) -> Fleet:
                 interval=row.interval,
                 memory_bytes=row.memory_bytes,
                 pool=dict(row.pool or {}),
-                models=tuple(CachedModel.parse(m) for m in row.cache or [] if isinstance(m, dict)),
+                models=tuple(parse_status(m) for m in row.cache or [] if isinstance(m, dict)),
                 live=row.heartbeat >= now - silent,
                 this=False,
             )

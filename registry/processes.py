@@ -29,8 +29,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -59,61 +58,35 @@ _PURGE_EVERY = 60.0  # seconds between deletions of old rows
 # --- what a process reports ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CachedModel:
-    """One model in one process's cache, as that process reported it."""
+def status_json(status: Status) -> dict[str, Any]:
+    """One model in this process's cache (the cache's own Status), as its row stores it."""
+    return {
+        "model_id": status.model_id,
+        "state": status.state,
+        "device": status.device,
+        "loaded_at": status.loaded_at.isoformat() if status.loaded_at else None,
+        "load_seconds": round(status.load_seconds, 3),
+        "uses": status.uses,
+        "in_use": status.in_use,
+        "error": status.error[:2000],
+        "memory_bytes": status.memory_bytes,
+    }
 
-    model_id: str
-    state: str  # "loaded", "loading", "failed", "not loaded"
-    device: str = ""
-    loaded_at: datetime | None = None
-    load_seconds: float = 0.0
-    uses: int = 0
-    in_use: int = 0
-    error: str = ""
-    memory_bytes: int = 0
 
-    @classmethod
-    def of(cls, status: Status) -> CachedModel:
-        return cls(
-            model_id=status.model_id,
-            state=status.state,
-            device=status.device,
-            loaded_at=status.loaded_at,
-            load_seconds=status.load_seconds,
-            uses=status.uses,
-            in_use=status.in_use,
-            error=status.error,
-            memory_bytes=status.memory_bytes,
-        )
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> CachedModel:
-        loaded_at = data.get("loaded_at")
-        return cls(
-            model_id=str(data.get("model_id", "")),
-            state=str(data.get("state", "")),
-            device=str(data.get("device", "")),
-            loaded_at=parse_datetime(loaded_at) if isinstance(loaded_at, str) else None,
-            load_seconds=float(data.get("load_seconds") or 0.0),
-            uses=int(data.get("uses") or 0),
-            in_use=int(data.get("in_use") or 0),
-            error=str(data.get("error", "")),
-            memory_bytes=int(data.get("memory_bytes") or 0),
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "state": self.state,
-            "device": self.device,
-            "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
-            "load_seconds": round(self.load_seconds, 3),
-            "uses": self.uses,
-            "in_use": self.in_use,
-            "error": self.error[:2000],
-            "memory_bytes": self.memory_bytes,
-        }
+def parse_status(data: dict[str, Any]) -> Status:
+    """A model in another process's cache, as that process reported it."""
+    loaded_at = data.get("loaded_at")
+    return Status(
+        model_id=str(data.get("model_id", "")),
+        state=str(data.get("state", "")),
+        device=str(data.get("device", "")),
+        loaded_at=parse_datetime(loaded_at) if isinstance(loaded_at, str) else None,
+        load_seconds=float(data.get("load_seconds") or 0.0),
+        uses=int(data.get("uses") or 0),
+        in_use=int(data.get("in_use") or 0),
+        error=str(data.get("error", "")),
+        memory_bytes=int(data.get("memory_bytes") or 0),
+    )
 
 
 def pool_stats() -> dict[str, int]:
@@ -200,7 +173,7 @@ class Heartbeat:
             "interval": settings.VOICEPROXY_HEARTBEAT_SECONDS,
             "memory_bytes": resident_bytes(),
             "pool": pool_stats(),
-            "cache": [CachedModel.of(s).as_json() for s in model_cache.statuses()],
+            "cache": [status_json(s) for s in model_cache.statuses()],
         }
         if not ServerProcess.objects.filter(id=self.id).update(**fields):
             ServerProcess.objects.create(id=self.id, **fields)
