@@ -58,26 +58,46 @@ def decrypt(token: str) -> str:
         raise UndecryptableKey("the upstream key cannot be decrypted: was SECRET_KEY changed?") from exc
 
 
-FRAGMENT = 8  # this many characters of a secret in a row are taken for the secret
+FRAGMENT = 8  # this many characters of a secret in a row are taken for the secret...
+LETTERS_ALONE = 2 * FRAGMENT  # ...unless they are all letters (a word), then this many
 
 
 @functools.lru_cache(maxsize=64)
-def _secret_pattern(secret: str) -> re.Pattern[str]:
-    """The secret, its masked forms (`sk-MARKE****W7xY`: the first 8 and last 4 around stars or dots)
-    and any run of FRAGMENT or more of its characters that is not a plain word (a key that holds
-    "upstream" must not blank that word out of every message; its "sk-upstr" prefix does go)."""
+def _patterns(secret: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Any FRAGMENT characters of the secret (a quick test: most text has none), and its masked
+    forms (`sk-MARKE****W7xY`: the first 8 and last 4 around stars or dots)."""
     windows = {secret[i : i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
-    windows = {window for window in windows if not window.isalpha()}
-    masked = re.escape(secret[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(secret[-4:])
-    fragments = "|".join(sorted(map(re.escape, windows), key=len, reverse=True))
-    return re.compile(f"{re.escape(secret)}|{masked}" + (f"|(?:{fragments})+" if fragments else ""))
+    any_window = re.compile("|".join(map(re.escape, windows)))
+    masked = re.compile(re.escape(secret[:FRAGMENT]) + r"[*.…•x]{2,}" + re.escape(secret[-4:]))
+    return any_window, masked
 
 
 def redact(text: str, secret: str, replacement: str) -> str:
     """`text` without `secret`, should a server echo it back whole, masked or in part (OpenAI's 401s
-    quote a masked key). Redact before any truncation: a cut key is still a key."""
+    quote a masked key). Redact before any truncation: a cut key is still a key.
+
+    A part is the longest run of the text found in the secret, from FRAGMENT characters, except a run
+    of letters alone shorter than LETTERS_ALONE: a key holding "upstream" must not blank that word
+    out of every message (its "sk-upstr" does go)."""
     if not secret or not text:
         return text
     if len(secret) < FRAGMENT:
         return text.replace(secret, replacement)
-    return _secret_pattern(secret).sub(replacement, text)
+    any_window, masked = _patterns(secret)
+    text = masked.sub(replacement, text)
+    if any_window.search(text) is None:
+        return text
+    parts: list[str] = []
+    start = i = 0
+    while i <= len(text) - FRAGMENT:
+        if text[i : i + FRAGMENT] in secret:
+            end = i + FRAGMENT
+            while end < len(text) and text[i : end + 1] in secret:
+                end += 1
+            if not text[i:end].isalpha() or end - i >= LETTERS_ALONE:
+                parts += [text[start:i], replacement]
+                start = i = end
+                continue
+        i += 1
+    parts.append(text[start:])
+    return "".join(parts)
