@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+from django.utils import timezone
 
 from bench.harness.speech import piper_voice_path, whisper_model_dir
 from registry.errors import ModelMemoryBusy, ModelUnavailable
@@ -129,22 +130,19 @@ def test_preloaded_models_are_in_before_the_server_says_ready(
     try:
         import httpx
 
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{server.url}/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, server.log()
+        # /health/ready says "preloading" until the preload has ended (each model loaded or skipped).
+        while (ready := httpx.get(f"{server.url}/health/ready", timeout=30)).status_code != 200:
+            assert ready.json()["status"] == "preloading", ready.text
+            assert server.process.poll() is None, server.log()
             time.sleep(0.2)
-        loaded: set[str] = set()
-        while (
-            time.monotonic() < deadline
-            and not {
-                "Systran/faster-whisper-tiny.en",
-                "rhasspy/piper-en_US-joe-medium",
-            }
-            <= loaded
-        ):
+        ready_at = timezone.now()
+        # The process's first heartbeat after it said ready reports what its cache holds by then.
+        row = None
+        while row is None or row.heartbeat <= ready_at:
+            assert server.process.poll() is None, server.log()
+            time.sleep(0.2)
             row = ServerProcess.objects.filter(pid=server.process.pid).first()
-            loaded = {m["model_id"] for m in (row.cache if row else []) if m["state"] == "loaded"}
-            time.sleep(0.2)
+        loaded = {m["model_id"] for m in row.cache if m["state"] == "loaded"}
         assert {"Systran/faster-whisper-tiny.en", "rhasspy/piper-en_US-joe-medium"} <= loaded, server.log()
         assert "no enabled speech model is named 'no-such-model'" in server.log()
     finally:

@@ -117,6 +117,9 @@ class Nginx:
             line, "\n".join([line, *(line.replace(upstream, other) for other in more)])
         )
         (directory / "conf.d" / "voiceproxy.conf").write_text(rendered)
+        # How long nginx keeps a replica out after a failed attempt (the template's fail_timeout).
+        found = re.search(r"fail_timeout=(\d+)s", line)
+        self.fail_timeout = float(found.group(1)) if found else 10.0  # nginx's default
         # As root, nginx would run its workers as "nobody", who may not write the temp directories here.
         user = "user root root;\n" if os.geteuid() == 0 else ""
         (directory / "nginx.conf").write_text(MAIN_CONF.format(user=user, dir=directory))
