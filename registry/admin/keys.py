@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from registry import key_usage
-from registry.admin.common import looks_up
+from registry.admin.common import looks_up, object_page
 from registry.admin.fields import StringListField
 from registry.models import ApiKey, SpeechToTextModel, TextToSpeechModel, Upstream
 
@@ -257,13 +257,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 self.log_change(request, key, REVOKED_AT)
                 messages.success(request, f"Revoked {key}: its clients now get 401.")
             return HttpResponseRedirect(change_url)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "original": key,
-            "title": f"Revoke {key}?",
-            "change_url": change_url,
-        }
+        context = object_page(self, request, key, f"Revoke {key}?", change_url=change_url)
         return TemplateResponse(request, "admin/registry/apikey/revoke.html", context)
 
     def restore_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -303,13 +297,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         secret = self._issued.pop(request, None)
         if secret is None:
             return super().response_add(request, obj, post_url_continue)
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "original": obj,
-            "title": f"New API key: {obj.name}",
-            "secret": secret,
-        }
+        context = object_page(self, request, obj, f"New API key: {obj.name}", secret=secret)
         return TemplateResponse(request, "admin/registry/apikey/secret.html", context)
 
     # --- list actions -------------------------------------------------------------------------

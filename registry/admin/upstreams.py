@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from registry import upstream_probe
-from registry.admin.common import looks_up
+from registry.admin.common import looks_up, object_page
 from registry.admin.fields import StringListField
 from registry.models import Upstream
 
@@ -179,12 +179,13 @@ class UpstreamAdmin(admin.ModelAdmin):
         self, request: HttpRequest, tested: list[tuple[Upstream, upstream_probe.Probe | None]]
     ) -> TemplateResponse:
         single = tested[0][0] if len(tested) == 1 else None
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"Test connection: {single.name}" if single else "Test connection",
-            "original": single,
-            "results": [
+        title = f"Test connection: {single.name}" if single else "Test connection"
+        context = object_page(
+            self,
+            request,
+            single,
+            title,
+            results=[
                 {
                     "upstream": row,
                     "probe": probe,
@@ -193,7 +194,7 @@ class UpstreamAdmin(admin.ModelAdmin):
                 }
                 for row, probe in tested
             ],
-        }
+        )
         return TemplateResponse(request, "admin/registry/upstream/test_connection.html", context)
 
     def test_connection_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

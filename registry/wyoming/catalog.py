@@ -11,6 +11,7 @@ Voice names: a voice is listed by its own name when no other model has a voice o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info, TtsProgram, TtsVoice
@@ -22,6 +23,7 @@ from registry.errors import InvalidRequest
 from registry.models import SpeechToTextModel, TextToSpeechModel, Voice
 from registry.speech import tts
 
+M = TypeVar("M", SpeechToTextModel, TextToSpeechModel)
 ATTRIBUTION = Attribution(name="voiceproxy", url="")
 WHISPER_LANGUAGES = sorted(_LANGUAGE_CODES)
 
@@ -54,7 +56,7 @@ def listed_voices(registry: snapshot.Snapshot) -> list[ListedVoice]:
     ]
 
 
-def _default_first(models: tuple[TextToSpeechModel, ...]) -> list[TextToSpeechModel]:
+def _default_first(models: tuple[M, ...]) -> list[M]:
     return sorted(models, key=lambda m: not m.is_default)
 
 
@@ -70,7 +72,7 @@ async def info() -> Info:
             version=version,
             languages=stt_languages(row),
         )
-        for row in sorted(registry.stt_models, key=lambda m: not m.is_default)
+        for row in _default_first(registry.stt_models)
     ]
     voices = [
         TtsVoice(
