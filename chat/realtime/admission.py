@@ -14,7 +14,6 @@ every replica (VOICEPROXY_REALTIME_MAX_SESSIONS_PER_KEY, through registry/shared
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ SUBPROTOCOL_KEY = "openai-insecure-api-key."
 SECRET_SECONDS_DEFAULT = 600
 SECRET_SECONDS_RANGE = (10, 7200)
 
-_sessions = Counter[str]()  # open sessions by key prefix ("" for anonymous), in this process
+_open = {"sessions": 0}  # open sessions in this process (a key's are counted across replicas)
 
 
 @dataclass
@@ -56,9 +55,7 @@ class Admission:
         if self._counted is None:
             return
         who, self._counted = self._counted, None
-        _sessions[who] -= 1
-        if _sessions[who] <= 0:
-            del _sessions[who]
+        _open["sessions"] -= 1
         metrics.realtime_sessions(open_sessions())
         try:
             await shared_counts.give_back(_key_sessions(who), self._holder)
@@ -69,7 +66,7 @@ class Admission:
 
 
 def open_sessions() -> int:
-    return sum(_sessions.values())
+    return _open["sessions"]
 
 
 def _token(headers: dict[str, str], subprotocols: list[str]) -> tuple[str, str | None]:
@@ -152,7 +149,7 @@ async def admit(
     except BaseException:
         await shared_counts.give_back(_key_sessions(who), holder)
         raise
-    _sessions[who] += 1
+    _open["sessions"] += 1
     admission._counted, admission._holder = who, holder
     metrics.realtime_sessions(open_sessions())
     return admission
