@@ -5,7 +5,14 @@ import re
 
 import pytest
 
-from registry.speech.text import SentenceSplitter, SpokenCap, cap_text, clean_for_speech, split_sentences
+from registry.speech.text import (
+    SentenceSplitter,
+    SpokenCap,
+    cap_text,
+    clean_for_speech,
+    lead_in,
+    split_sentences,
+)
 
 # --- where a sentence ends ----------------------------------------------------------------------------------
 
@@ -470,3 +477,32 @@ def test_spoken_cap_streams_the_same_cut_as_cap_text():
     uncapped = SpokenCap(1000)
     uncapped.take(CAPPED)
     assert not uncapped.capped and " ".join(uncapped.sentences + uncapped.rest()) == CAPPED
+
+
+@pytest.mark.parametrize(
+    ("sentence", "cut"),
+    [
+        # No clause mark: after the fourth word, or the nearest earlier one that is not short.
+        (
+            "The train leaves the station at nine every morning.",
+            ("The train leaves,", "the station at nine every morning."),
+        ),
+        ("Tickets can be bought on board or online.", ("Tickets can be bought,", "on board or online.")),
+        # Short words ("a", "the", "of") do not end a phrase; then later ones are tried.
+        ("It is a day of the year to be at home.", ("It is a day of the year,", "to be at home.")),
+        # A clause mark early on is where the phrase ends, kept as written.
+        (
+            "In the morning, after a long night of heavy rain, the roads were closed.",
+            ("In the morning,", "after a long night of heavy rain, the roads were closed."),
+        ),
+        ("First of all; we need the keys to the car.", ("First of all;", "we need the keys to the car.")),
+        # Too short to cut, or written without spaces.
+        ("Passengers should arrive a few minutes early.", None),
+        ("Hello there.", None),
+        ("我们明天早上九点在火车站见面，然后一起去公园散步。", None),
+    ],
+)
+def test_a_busy_server_s_first_phrase(sentence: str, cut: tuple[str, str] | None) -> None:
+    assert lead_in(sentence) == cut
+    if cut is not None:  # nothing lost: the two parts hold the sentence's words, in order
+        assert re.sub(r"[,;]", "", " ".join(cut)).split() == re.sub(r"[,;]", "", sentence).split()

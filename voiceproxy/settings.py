@@ -230,6 +230,9 @@ VOICEPROXY_ENGINE_THREADS_SHARED = env_int(
     "VOICEPROXY_ENGINE_THREADS_SHARED", max(1, CPU_CORES // VOICEPROXY_INFERENCE_THREADS), minimum=1
 )
 VOICEPROXY_QUEUE_LIMIT = env_int("VOICEPROXY_QUEUE_LIMIT", 32, minimum=0)
+# A reply's first sentence, when the pool is busy as it starts, is spoken in two parts: its first
+# phrase alone, then the rest after other requests' first sounds (registry/speech/text.lead_in).
+VOICEPROXY_LEAD_IN = env_bool("VOICEPROXY_LEAD_IN", True)
 # Failed API-key checks one client address may make per minute before it gets 429s (0: no limit).
 VOICEPROXY_AUTH_FAILURES_PER_MINUTE = env_int("VOICEPROXY_AUTH_FAILURES_PER_MINUTE", 60, minimum=0)
 VOICEPROXY_MODEL_CACHE_SIZE = env_int("VOICEPROXY_MODEL_CACHE_SIZE", 4, minimum=1)

@@ -218,7 +218,7 @@ class Scheduler:
                     self._cond.wait()
                 if self._closed:
                     return  # what still waits is dropped: nobody is left to read it
-                _, place, _, unit = heapq.heappop(self._queue)
+                place, _, _, unit = heapq.heappop(self._queue)
                 self._round = max(self._round, place)
                 self.running += 1
                 metrics.pool_units(waiting=len(self._queue), running=self.running)
@@ -253,6 +253,11 @@ def scheduler() -> Scheduler:
 def running() -> int:
     """Units being run in the pool right now (engines use fewer threads when they share the CPU)."""
     return _scheduler.running if _scheduler is not None else 0
+
+
+def crowded() -> bool:
+    """Is other work in the pool beside the caller's (running, or waiting for a thread)?"""
+    return _scheduler is not None and (_scheduler.running > 1 or _scheduler.waiting() > 0)
 
 
 def _owner() -> object | None:
