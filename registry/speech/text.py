@@ -215,9 +215,12 @@ def lead_in(sentence: str) -> tuple[str, str] | None:
     return head, rest
 
 
+_QUOTES_AND_BRACKETS = _OPENERS + "".join(_CLOSERS)
+
+
 def _short(word: str) -> bool:
     """Three letters or fewer, quotes and brackets aside: most articles, prepositions and pronouns."""
-    return len(word.strip(_OPENERS + "".join(_CLOSERS))) <= 3
+    return len(word.strip(_QUOTES_AND_BRACKETS)) <= 3
 
 
 def _western_boundary(text: str, i: int, *, final: bool) -> tuple[bool | None, int]:

@@ -89,23 +89,19 @@ def speakable(text: str) -> list[str]:
     return [s for s in map(speakable_piece, split_sentences(text)) if s]
 
 
-def synthesize_on(
-    engine: TextToSpeech, v: Voicing, sentences: Iterable[str], *, lead: bool = False
-) -> Iterator[Samples]:
+def synthesize_on(engine: TextToSpeech, v: Voicing, sentences: Iterable[str]) -> Iterator[Samples]:
     """Speak `sentences` on a loaded engine: its chunks (at `engine.sample_rate`) as it makes them.
 
-    `lead`: these are the start of a reply, whose first sound a listener is waiting for. If the pool
-    is busy when the first sentence starts, its first phrase is spoken alone (text.lead_in), so that
-    it comes sooner and the rest of the sentence takes its turn after other requests' first sounds.
-    A machine with nothing else to do speaks it whole.
+    Work started inside `workers.leading()` is the start of a reply, whose first sound a listener is
+    waiting for: if the pool is busy when its first sentence starts, that sentence's first phrase is
+    spoken alone (text.lead_in), so that it comes sooner and the rest takes its turn after other
+    requests' first sounds. A machine with nothing else to do speaks it whole.
 
     Blocking: run it in the pool. Raises InvalidRequest when the engine rejects the voice or the text.
     """
-    for sentence in sentences:
-        busy = lead and settings.VOICEPROXY_LEAD_IN and workers.crowded()
-        pieces = (busy and lead_in(sentence)) or (sentence,)
-        lead = False
-        for piece in pieces:
+    for index, sentence in enumerate(sentences):
+        busy = index == 0 and settings.VOICEPROXY_LEAD_IN and workers.is_leading() and workers.crowded()
+        for piece in (busy and lead_in(sentence)) or (sentence,):
             try:
                 # Other units running in the pool beside this one: the engine uses fewer threads.
                 crowded = workers.running() > 1
@@ -130,15 +126,12 @@ def loadable(v: Voicing) -> Voicing:
     return replace(v, voice=replace(v.voice, source=source))
 
 
-def synthesize(
-    v: Voicing, sentences: Iterable[str], *, rate: int = OUTPUT_RATE, lead: bool = False
-) -> Iterator[Samples]:
-    """Get the engine (loading it if needed), speak (`lead`: as synthesize_on), and resample to `rate`.
-    Blocking: run it in the pool."""
+def synthesize(v: Voicing, sentences: Iterable[str], *, rate: int = OUTPUT_RATE) -> Iterator[Samples]:
+    """Get the engine (loading it if needed), speak, and resample to `rate`. Blocking: run it in the pool."""
     v = loadable(v)
     with model_cache.tts(v.model) as engine:
         resampler = audio.Resampler(engine.sample_rate, rate)
-        for chunk in synthesize_on(engine, v, sentences, lead=lead):
+        for chunk in synthesize_on(engine, v, sentences):
             out = resampler.push(chunk)
             if len(out):
                 yield out
@@ -147,18 +140,15 @@ def synthesize(
             yield tail
 
 
-def encoded(
-    v: Voicing, sentences: list[str], fmt: str | None, *, lead: bool = False
-) -> Iterator[tuple[int, Samples | bytes]]:
-    """(samples, audio) as the engine speaks (`lead`: as synthesize_on): `fmt`'s bytes encoded here,
-    in the same worker (one encoder for all the sentences), or float samples when `fmt` is None.
-    Blocking: run it in the pool.
+def encoded(v: Voicing, sentences: list[str], fmt: str | None) -> Iterator[tuple[int, Samples | bytes]]:
+    """(samples, audio) as the engine speaks: `fmt`'s bytes encoded here, in the same worker (one
+    encoder for all the sentences), or float samples when `fmt` is None. Blocking: run it in the pool.
 
     Synthesis and encoding in one worker thread, sentence after sentence, is what a direct call
     does; handing each chunk to the event loop to encode made Kokoro ~10 % slower through HTTP.
     """
     encoder = audio.StreamEncoder(fmt, input_rate=OUTPUT_RATE) if fmt else None
-    for chunk in synthesize(v, sentences, lead=lead):
+    for chunk in synthesize(v, sentences):
         yield len(chunk), (encoder.encode(chunk) if encoder else chunk)
     if encoder is not None:
         yield 0, encoder.close()
@@ -204,7 +194,7 @@ async def _synthesize_sentence(
             # keep one encoder for the whole stream, fed in order by speak_stream(). The first
             # sentence leads: it goes before other requests' later sentences.
             with workers.leading() if first else contextlib.nullcontext():
-                items = workers.stream(encoded, v, [sentence.text], "pcm" if raw else None, lead=first)
+                items = workers.stream(encoded, v, [sentence.text], "pcm" if raw else None)
             async for chunk in items:
                 sentence.chunks.put_nowait(chunk)
         except Exception as exc:  # raised by the emitter, in order
@@ -324,7 +314,7 @@ async def speak(*, v: Voicing, text: str, response_format: str) -> SpeechStream:
     # The whole text is known: one worker speaks and encodes it sentence after sentence.
     started, spoken = time.perf_counter(), _Spoken()
     with workers.leading():  # its first sentence goes before other requests' later ones
-        items = workers.stream(encoded, v, speakable(text), response_format, lead=True)
+        items = workers.stream(encoded, v, speakable(text), response_format)
     try:
         first = b""
         while not first:  # the first audio, not a header or an encoder warming up: the voice works

@@ -255,6 +255,11 @@ def running() -> int:
     return _scheduler.running if _scheduler is not None else 0
 
 
+def is_leading() -> bool:
+    """Was this work submitted inside `leading()` (the start of a reply a listener waits for)?"""
+    return _leading.get()
+
+
 def crowded() -> bool:
     """Is other work in the pool beside the caller's (running, or waiting for a thread)?"""
     return _scheduler is not None and (_scheduler.running > 1 or _scheduler.waiting() > 0)
