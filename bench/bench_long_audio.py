@@ -1,7 +1,7 @@
 """Long audio and silence: sequential vs batched decoding, and what silence transcribes as.
 
     cd /work/main && .venv/bin/python bench/bench_long_audio.py [--runs N] [--models tiny.en,base]
-        [--clips 60s,5min] [--batch-sizes 4,8,16] [--no-silence]
+        [--clips 60s,5min] [--batch-sizes 4,8,16] [--no-silence] [--before ../before]
 
 Per model and clip (espeak-ng speech of a known text: a 60 s meeting notice; "5 min" is six such
 paragraphs 1.5 s apart; 35s is the notice's first half), warm, interleaved, the order rotating each round:
@@ -12,6 +12,9 @@ paragraphs 1.5 s apart; 35s is the notice's first half), warm, interleaved, the 
   same loaded model, over the pieces Silero VAD finds
 - gateway:    the openai SDK against a fresh gateway (daphne, SQLite, the starter registry), whose
   stt.transcribe_on picks the path by duration (stt.BATCHED_FROM_S, stt.BATCH_SIZE)
+- gateway before (with --before PATH): the same request to a gateway started from another checkout
+  of this repository, e.g. the commit before issue 14 (`git worktree add ../before e3cc86e`), run
+  with this virtual environment, interleaved with the others: "today" measured on this machine
 
 Each prints wall time, this process's CPU seconds (all its threads; steadier than wall time when
 other processes share the CPUs), the time to the first segment (a stream's first delta), the word
@@ -23,9 +26,12 @@ gateway's pipeline and the gateway itself), and what the VAD check costs on spee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
+import json
 import os
+import subprocess
 import sys
 import time
 import wave
@@ -248,12 +254,72 @@ def gateway_run(client: openai.OpenAI, model: str, clip: Clip) -> Run:
     return Run(elapsed, 0.0, elapsed, result.text, segments)
 
 
+_BEFORE = """
+import json, os, sys
+root = sys.argv[1]
+sys.path.insert(0, root)
+os.chdir(root)
+from bench.gateway import Gateway
+with Gateway() as gateway:
+    print(json.dumps({"url": gateway.url, "key": gateway.key}), flush=True)
+    sys.stdin.read()  # until the bench closes our stdin
+"""
+
+
+class Before:
+    """A gateway from another checkout (its own bench/gateway.py), for as long as the `with` lasts."""
+
+    def __init__(self, root: Path) -> None:
+        if not (root / "bench" / "gateway.py").is_file():
+            raise SystemExit(f"--before {root}: not a checkout of this repository with bench/gateway.py")
+        self.root = root
+        self.process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> openai.OpenAI:
+        self.process = subprocess.Popen(  # noqa: S603 - this interpreter, our own script
+            [sys.executable, "-c", _BEFORE, str(self.root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None  # noqa: S101 - asked for above
+        line = "-"
+        while line and not line.startswith("{"):  # anything its setup printed first
+            line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the gateway from {self.root} did not start (its output is above)")
+        where = json.loads(line)
+        return openai.OpenAI(base_url=f"{where['url']}/v1", api_key=where["key"], max_retries=0, timeout=600)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            assert self.process.stdin is not None  # noqa: S101 - asked for above
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def commit_of(root: Path) -> str:
+    found = subprocess.run(  # noqa: S603 - git, a fixed command
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,  # noqa: S607
+    )
+    return found.stdout.strip() or "?"
+
+
 def ordered(segments: list[Segment]) -> bool:
     return all(a.start <= a.end <= b.start + 1e-3 for a, b in zip(segments, segments[1:], strict=False))
 
 
 def compare(
-    engine: WhisperEngine, client: openai.OpenAI, model: str, clip: Clip, batch_sizes: list[int], runs: int
+    engine: WhisperEngine,
+    client: openai.OpenAI,
+    model: str,
+    clip: Clip,
+    batch_sizes: list[int],
+    runs: int,
+    before: openai.OpenAI | None = None,
 ) -> Results:
     results = Results()
     methods: dict[str, Callable[[], Run]] = {
@@ -262,6 +328,8 @@ def compare(
     for size in batch_sizes:
         methods[f"batched {size}"] = functools.partial(engine_run, engine, clip.samples, size)
     methods["gateway"] = functools.partial(gateway_run, client, model, clip)
+    if before is not None:
+        methods["gateway before"] = functools.partial(gateway_run, before, model, clip)
     names = list(methods)
     for name in names:  # warm-up: first-call allocations, the gateway's model load
         methods[name]()
@@ -300,6 +368,10 @@ def print_results(model: str, clip: Clip, results: Results) -> list[list[str]]:
                 str(len(last.segments)),
             ]
         )
+    if "gateway before" in results.runs:
+        then = median([r.wall for r in results.runs["gateway before"]])
+        now = median([r.wall for r in results.runs["gateway"]])
+        print(f"  the gateway now against before: {then:.2f} -> {now:.2f} s, x{then / now:.2f}")
     return rows
 
 
@@ -367,6 +439,12 @@ def main() -> None:
         help="batch sizes to time directly (default: the gateway's stt.BATCH_SIZE)",
     )
     parser.add_argument("--no-silence", action="store_true", help="skip the silence cases")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of this repository (e.g. a worktree of the commit before issue 14): "
+        "its gateway is timed on the same clips, interleaved",
+    )
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     if unknown := set(models) - set(MODELS):
@@ -381,8 +459,13 @@ def main() -> None:
 
     timing_rows: list[list[str]] = []
     silence_rows: list[list[str]] = []
-    with Gateway() as gateway, gateway.engines() as engines:
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(Gateway())
+        engines = stack.enter_context(gateway.engines())
+        before = stack.enter_context(Before(args.before.resolve())) if args.before else None
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0, timeout=600)
+        if args.before:
+            print(f"before:  the gateway of {args.before} at {commit_of(args.before)}")
         from registry.speech import stt
 
         print(f"gateway: {gateway.url}; batched from {stt.BATCHED_FROM_S:g} s, batch size {stt.BATCH_SIZE}")
@@ -394,7 +477,7 @@ def main() -> None:
                 raise RuntimeError(f"{model} is not a faster-whisper model")
             for clip in clips:
                 timing_rows += print_results(
-                    label, clip, compare(engine, client, model, clip, batch_sizes, args.runs)
+                    label, clip, compare(engine, client, model, clip, batch_sizes, args.runs, before)
                 )
             if not args.no_silence:
                 silence_rows += print_silence(engine, client, model, label)
