@@ -8,13 +8,16 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
 from chat.realtime.conversation import heard
+from chat.realtime.response import OutputAudio
 from chat.realtime.routing import websocket_urlpatterns
 from chat.realtime.turns import WINDOW_MS, TurnDetector
+from registry.speech import audio
 from tests.conftest import Key
 from tests.realtime_client import check
 
@@ -182,3 +185,20 @@ def test_hostile_events_are_errors_and_the_session_goes_on(registry: Any, api_ke
         await ws.disconnect()
 
     run(main())
+
+
+@pytest.mark.parametrize("fmt", ["pcmu", "pcma"])
+def test_g711_output_keeps_every_sample_of_the_speech(fmt: str) -> None:
+    """24 kHz pcm16 in chunks -> 8 kHz G.711: one byte per third of a sample, the resampler's tail too."""
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(24_000) / 24_000)).astype(np.float32)
+    out = OutputAudio(fmt)  # type: ignore[arg-type]
+
+    async def convert() -> bytes:
+        parts = [await out.convert(audio.s16le(chunk)) for chunk in np.array_split(tone, 37)]
+        return b"".join(parts) + await out.rest()
+
+    encoded = run(convert())
+    assert abs(len(encoded) - 8000) <= 2, len(encoded)
+    # The last 10 ms still carry the tone (not silence or a cut): A 0.3 sine's RMS is ~0.21.
+    tail = audio.g711_decode(encoded[-80:], fmt)
+    assert 0.15 < float(np.sqrt(np.mean(tail**2))) < 0.25

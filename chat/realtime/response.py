@@ -78,6 +78,16 @@ class OutputAudio:
             return data
         return await workers.run(self._convert, data)
 
+    def _rest(self) -> bytes:
+        assert self._resampler is not None  # noqa: S101 - only G.711 converts
+        return audio.g711_encode(self._resampler.flush(), self.fmt)
+
+    async def rest(self) -> bytes:
+        """What the resampler still holds once the speech has ended (G.711 only; a few ms)."""
+        if self._resampler is None:
+            return b""
+        return await workers.run(self._rest)
+
 
 class _Message:
     """The assistant message being written (and spoken) in this response."""
@@ -157,17 +167,20 @@ class _Message:
             async for data in chunks:
                 self.spoken_ms += len(data) / 2 / audio.OPENAI_PCM_RATE * 1000
                 self.item.audio_ms = self.spoken_ms
-                encoded = await out.convert(data)
-                if encoded:
-                    await self.response.send(
-                        {
-                            "type": "response.output_audio.delta",
-                            **self.ids(),
-                            "delta": base64.b64encode(encoded).decode(),
-                        }
-                    )
+                await self._send_audio(await out.convert(data))
+            await self._send_audio(await out.rest())
         finally:
             await chunks.aclose()
+
+    async def _send_audio(self, encoded: bytes) -> None:
+        if encoded:
+            await self.response.send(
+                {
+                    "type": "response.output_audio.delta",
+                    **self.ids(),
+                    "delta": base64.b64encode(encoded).decode(),
+                }
+            )
 
     async def finish(self) -> None:
         """Speak the rest and wait for its last audio delta."""
