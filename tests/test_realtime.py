@@ -332,7 +332,7 @@ def test_g711_in_and_out(realtime: Callable[..., Any], client: openai.OpenAI) ->
     got = events.until("response.done")
     spoken = audio.g711_decode(audio_of(got), "pcma")
     wav = audio.encode_whole(spoken, "wav", input_rate=8000, output_rate=16000)
-    # Eight words through Piper, 8 kHz A-law and Whisper base: a right stream was once heard as
+    # Eight words through Piper, 8 kHz A-law and Whisper base: a correct stream was once heard as
     # "What is the weather I can pair us today?" (4 of 8 words, WER 0.5). A-law decoded as µ-law,
     # or the reverse, is not heard as speech at all (empty text, WER 1.0).
     assert wer(heard, client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav)).text) <= 0.6
