@@ -466,16 +466,24 @@ def test_translation_of_spanish_speech_is_english(client):
     assert result.language == "spanish"
 
 
+def heard_in_spanish(text: str) -> bool:
+    """Whether a transcript of SPANISH is Spanish text. Not one exact word: on another CPU Whisper
+    base heard espeak's "playa" as "placa" (CTranslate2's kernels differ by instruction set), while
+    the rest of the sentence ("... vamos a la placa con mis amigos") was plainly Spanish."""
+    words = re.findall(r"[a-zñ]+", text.lower())
+    return len(set(words) & SPANISH_WORDS) >= 5 and not set(words) & ENGLISH_WORDS
+
+
 def test_a_multilingual_model_detects_the_language_and_honours_the_one_given(client):
     clip = ("es.wav", speech(SPANISH, voice="es"))
     detected = client.audio.transcriptions.create(
         model="whisper-base", file=clip, response_format="verbose_json"
     )
-    assert detected.language == "spanish" and "playa" in detected.text.lower()
+    assert detected.language == "spanish" and heard_in_spanish(detected.text)
     given = client.audio.transcriptions.create(
         model="whisper-base", file=clip, response_format="verbose_json", language="es"
     )
-    assert given.language == "spanish" and "playa" in given.text.lower()
+    assert given.language == "spanish" and heard_in_spanish(given.text)
     forced = client.audio.transcriptions.create(
         model="whisper-base", file=clip, response_format="verbose_json", language="fr"
     )
