@@ -47,8 +47,10 @@ class Events:
         self.seen: list[dict[str, Any]] = []
 
     def next(self, timeout: float = 60) -> dict[str, Any]:
-        recv = getattr(self.connection, "recv_bytes", None)
-        raw = recv() if recv is not None else self.connection.recv(timeout=timeout)
+        # The SDK's recv_bytes() has no timeout: read its websockets connection, so a missing event
+        # fails the test (TimeoutError) instead of hanging the run.
+        socket = getattr(self.connection, "_connection", self.connection)
+        raw = socket.recv(timeout=timeout)
         event = check(json.loads(raw))
         self.seen.append(event)
         return event

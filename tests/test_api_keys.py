@@ -232,6 +232,8 @@ def test_failed_key_checks_are_throttled_per_client_address(throttled_gateway, a
     guesser = httpx.Client(
         base_url=throttled_gateway.url, transport=httpx.HTTPTransport(local_address=address)
     )
+    if time.time() % 60 > 55:  # the seven checks within one minute's counter
+        time.sleep(61 - time.time() % 60)
     with guesser:
         responses = [
             guesser.get("/v1/models", headers={"Authorization": "Bearer vp-guess"}) for _ in range(7)

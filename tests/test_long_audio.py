@@ -17,6 +17,7 @@ import pytest
 from bench.harness.speech import speech
 from tests.test_transcriptions import ENGLISH_FUNCTION_WORDS, SPANISH_WORDS
 from tests.wer import wer
+from tests.wer import words as words_of
 
 WER_BOUND = 0.25  # as tests/test_transcriptions.py: tiny.en on espeak speech measures 0 to 10 percent
 RATE = 16_000
@@ -190,7 +191,8 @@ def test_long_audio_segments_and_words_are_ordered_on_the_original_timeline(clie
     # No word in the gap between the paragraphs: the second starts after it, on the clip's clock.
     gap = (long_clip.first_end + 0.5, long_clip.second_start - 0.5)
     assert not [w for w in words if gap[0] < (w.start + w.end) / 2 < gap[1]]
-    second = next(w for w in words if re.sub(r"\W", "", w.word.lower()) == "office")
+    # The second paragraph's first word heard (whatever it was heard as) starts where it was said.
+    second = next(w for w in words if w.start > long_clip.first_end + 0.5)
     assert long_clip.second_start - 0.5 <= second.start <= long_clip.second_start + 2.0, second
 
 
@@ -205,7 +207,7 @@ def test_long_audio_streams_in_order_and_the_deltas_make_the_done_text(client, l
     assert deltas and "".join(deltas) == events[-1].text
     assert wer(long_clip.text, events[-1].text) <= WER_BOUND, events[-1].text
     # In order: the first paragraph's opening words come first.
-    assert events[-1].text.lower().startswith("good morning")
+    assert {"good", "morning", "everyone"} & set(words_of(events[-1].text)[:4]), events[-1].text
 
 
 def test_long_audio_honours_prompt_temperature_and_server_vad(client, long_clip):

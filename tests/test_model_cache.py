@@ -63,13 +63,14 @@ def test_a_model_in_use_is_not_evicted(settings):
 
 def test_idle_models_are_unloaded_after_their_ttl():
     cache = ModelCache()
-    short = model("short", "piper", str(piper_voice_path()), ttl=1)
+    # ttl 3 s, not 1: the first reap must come before it runs out, even on a stalled busy machine.
+    short = model("short", "piper", str(piper_voice_path()), ttl=3)
     forever = model("forever", "faster-whisper", str(whisper_model_dir()), ttl=0)
     for m in (forever, short):
         with cache.use(m):
             pass
     assert cache.reap() == []
-    time.sleep(1.2)
+    time.sleep(3.2)
     assert cache.reap() == ["short"]
     assert cache.loaded_ids() == ["forever"]  # ttl 0 keeps a model loaded
 

@@ -426,6 +426,8 @@ def test_the_app_sees_the_address_nginx_saw(start_nginx, proxied_gateway):
     edge = start_nginx(proxied_gateway)
     headers = {"Authorization": "Bearer sk-not-a-key", "X-Forwarded-For": "198.51.100.7"}  # a forged one
     transport = httpx.HTTPTransport(local_address=client)
+    if time.time() % 60 > 55:  # both checks within one minute's counter
+        time.sleep(61 - time.time() % 60)
     with httpx.Client(transport=transport, base_url=edge.url, headers=headers, timeout=WAIT) as session:
         first, second = session.get("/v1/models"), session.get("/v1/models")
     assert first.status_code == 401

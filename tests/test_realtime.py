@@ -23,6 +23,9 @@ from tests.realtime_client import Events, audio_of, chunks, of, pcm, transcript_
 from tests.wer import wer
 
 QUESTION = "What is the weather like in Paris today?"
+# Piper -> tiny.en on that 8-word sentence: Piper's VITS noise makes each rendering differ, and
+# "like in Paris" has been heard as "lichen pairs" (3 words); audio in a wrong format scores ~1.0.
+ROUND_TRIP_WER_BOUND = 0.5
 
 
 @pytest.fixture
@@ -121,7 +124,7 @@ def test_text_in_spoken_answer_out(
     assert of(got, "response.output_audio_transcript.done")[0]["transcript"] == QUESTION
     spoken = audio_of(got)
     assert len(spoken) > 24_000  # over half a second of pcm16
-    assert wer(QUESTION, transcribe(client, spoken)) < 0.4
+    assert wer(QUESTION, transcribe(client, spoken)) <= ROUND_TRIP_WER_BOUND
     order = [e["type"] for e in got]
     assert order.index("response.created") < order.index("response.output_item.added")
     assert order.index("response.content_part.added") < order.index("response.output_audio.delta")
@@ -149,7 +152,7 @@ def test_spoken_question_with_server_vad_gets_a_spoken_answer(
     assert wer(QUESTION, heard) < 0.3
     answer = transcript_of(got)
     assert answer == heard  # the echo upstream says back what it was told
-    assert wer(answer, transcribe(client, audio_of(got))) < 0.4
+    assert wer(answer, transcribe(client, audio_of(got))) <= ROUND_TRIP_WER_BOUND
     assert got[-1]["response"]["status"] == "completed"
     connection.close()
     logged = rows(session_id)

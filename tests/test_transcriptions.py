@@ -215,8 +215,11 @@ def test_concurrent_requests_each_get_their_own_transcript(openai_client):
                 lambda t: client.audio.transcriptions.create(model="whisper-1", file=upload(t)).text, texts
             )
         )
+    # Each got its own words, not another's: closer to its own text than to any other. (The bound
+    # is WER_BOUND's one error on seven words plus one: another CPU may mishear "nine" and one more.)
     for text, result in zip(texts, results, strict=True):
-        assert wer(text, result) <= WER_BOUND, (text, result)
+        assert wer(text, result) <= 0.3, (text, result)
+        assert wer(text, result) < min(wer(other, result) for other in texts if other != text), result
 
 
 def test_prompt_and_temperature_and_language_are_accepted(client):

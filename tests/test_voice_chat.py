@@ -18,7 +18,7 @@ from tests.audit_log import audit_row
 from tests.wer import wer
 
 QUESTION = "What is the weather like in Paris today?"
-ROUND_TRIP_WER_BOUND = 0.4  # Piper -> tiny.en on one short sentence (speech that is not garbage)
+ROUND_TRIP_WER_BOUND = 0.5  # Piper -> tiny.en on one short sentence: real speech, not noise (~1.0)
 REPLY = "The sky is clear over Paris. It will be warm and sunny this afternoon. Enjoy your walk by the river."
 WER_BOUND = 0.25  # Piper -> tiny.en round trips measured at 0 to 10 percent
 UPSTREAM_KEY = "sk-upstream-SECRET-never-shown"

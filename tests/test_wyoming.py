@@ -282,8 +282,9 @@ def test_the_wyoming_process_reports_its_model_cache(wyoming: WyomingProcess) ->
     )
     spoken_at = timezone.now()
     # The process's first heartbeat after the reply was spoken reports the voice's model as loaded.
-    row = None
+    row, deadline = None, time.monotonic() + 120  # heartbeats come every few seconds: not a hang
     while row is None or row.heartbeat <= spoken_at:
+        assert time.monotonic() < deadline, "no heartbeat in 120 s"
         assert wyoming.process.poll() is None, wyoming.log_path.read_text()
         time.sleep(0.2)
         row = ServerProcess.objects.filter(pid=wyoming.process.pid).first()

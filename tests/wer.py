@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import re
 
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+ONES += ["eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen"]
+ONES += ["eighteen", "nineteen"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def spelled(number: int) -> list[str]:
+    """0-99 as the words they are spoken as: 20 -> ["twenty"], 42 -> ["forty", "two"]."""
+    if number < 20:
+        return [ONES[number]]
+    tens, ones = divmod(number, 10)
+    return [TENS[tens]] + ([ONES[ones]] if ones else [])
+
 
 def words(text: str) -> list[str]:
-    """Lower-case words without punctuation: "Open the page." -> ["open", "the", "page"]."""
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+    """Lower-case words without punctuation, numbers under 100 spelled out (Whisper writes "twenty"
+    as "20" or not, from one CPU to another): "Open page 20." -> ["open", "page", "twenty"]."""
+    out: list[str] = []
+    for word in re.sub(r"[^a-z0-9' ]", " ", text.lower()).split():
+        out.extend(spelled(int(word)) if word.isdigit() and int(word) < 100 else [word])
+    return out
 
 
 def wer(reference: str, hypothesis: str) -> float:
