@@ -5,6 +5,7 @@ the engines and the loopback upstream are the real ones."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -19,7 +20,7 @@ from chat.realtime.routing import websocket_urlpatterns
 from chat.realtime.turns import WINDOW_MS, TurnDetector
 from registry.speech import audio
 from tests.conftest import Key
-from tests.realtime_client import check
+from tests.realtime_client import check, of, pcm
 
 APP = URLRouter(websocket_urlpatterns)
 
@@ -202,3 +203,127 @@ def test_g711_output_keeps_every_sample_of_the_speech(fmt: str) -> None:
     # The last 10 ms still carry the tone (not silence or a cut): A 0.3 sine's RMS is ~0.21.
     tail = audio.g711_decode(encoded[-80:], fmt)
     assert 0.15 < float(np.sqrt(np.mean(tail**2))) < 0.25
+
+
+def user_text(item_id: str, text: str) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "id": item_id,
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
+    }
+
+
+def test_a_committed_turn_is_billed_by_its_audio_and_follows_the_item_before(
+    registry: Any, api_key: Key
+) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        manual = {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+        }
+        await exchange(ws, manual, "session.updated")
+        await exchange(ws, user_text("item_first", "Hello."), "conversation.item.done")
+        spoken = pcm("Please open the settings page.", silence_s=0.5)
+        append = {"type": "input_audio_buffer.append", "audio": base64.b64encode(spoken).decode()}
+        await ws.send_to(text_data=json.dumps(append))
+        got = await exchange(ws, {"type": "input_audio_buffer.commit"}, "conversation.item.done")
+        committed = of(got, "input_audio_buffer.committed")[0]
+        done = got[-1]
+        assert committed["previous_item_id"] == "item_first" == done["previous_item_id"]
+        assert done["item"]["id"] == committed["item_id"]
+        # Usage is the turn's audio (what OpenAI bills), not the time the transcription took.
+        completed = of(got, "conversation.item.input_audio_transcription.completed")[0]
+        assert completed["usage"]["seconds"] == pytest.approx(len(spoken) / 2 / 24_000, abs=0.05)
+        assert "settings" in completed["transcript"].lower()
+        await ws.disconnect()
+
+    run(main())
+
+
+def test_a_reply_cut_short_by_max_output_tokens_is_incomplete(registry: Any, api_key: Key) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        limit = {
+            "type": "session.update",
+            "session": {"type": "realtime", "output_modalities": ["text"], "max_output_tokens": 3},
+        }
+        session = (await exchange(ws, limit, "session.updated"))[-1]["session"]
+        assert session["audio"]["output"]["voice"]  # the voice spoken when none is named
+        await exchange(ws, user_text("item_q", "one two three four five"), "conversation.item.done")
+        got = await exchange(ws, {"type": "response.create"}, "response.done")
+        response = got[-1]["response"]
+        assert (response["status"], response["status_details"]) == (
+            "incomplete",
+            {"type": "incomplete", "reason": "max_output_tokens"},
+        )
+        assert response["output"][0]["status"] == "incomplete"
+        assert of(got, "response.output_text.done")[0]["text"] == "one two three"
+        # The assistant's item follows the question in the conversation.
+        assert of(got, "conversation.item.done")[0]["previous_item_id"] == "item_q"
+        # Under the limit the same question is answered whole.
+        roomy = {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 50}}
+        await exchange(ws, roomy, "session.updated")
+        again = (await exchange(ws, {"type": "response.create"}, "response.done"))[-1]["response"]
+        assert (again["status"], again["status_details"]) == ("completed", None)
+        await ws.disconnect()
+
+    run(main())
+
+
+def test_a_refused_truncate_does_not_cut_the_reply_being_spoken(
+    registry: Any, api_key: Key, upstream: Any
+) -> None:
+    upstream.reset()
+    upstream.reply = "The first sentence is short. The second one is a little longer than that. The end."
+    upstream.token_delay = 0.05
+
+    async def main() -> None:
+        ws = await opened(api_key.secret, "/v1/realtime?model=fake-llm")
+        got = await exchange(ws, {"type": "response.create"}, "response.output_audio.delta")
+        item_id = of(got, "response.output_item.added")[0]["item"]["id"]
+        bad = {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": -5,
+        }
+        rest = await exchange(ws, bad, "response.done")
+        [error] = of(rest, "error")
+        assert (error["error"]["param"], error["error"]["code"]) == ("audio_end_ms", "invalid_value")
+        assert rest[-1]["response"]["status"] == "completed"  # refused, so nothing changed
+        assert of(rest, "response.output_audio_transcript.done")[0]["transcript"] == upstream.reply
+        await ws.disconnect()
+
+    try:
+        run(main())
+    finally:
+        upstream.reset()
+
+
+def test_items_in_the_beta_s_shapes_are_given_in_the_ga_s(registry: Any, api_key: Key) -> None:
+    async def main() -> None:
+        ws = await opened(api_key.secret)
+        item = {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": "beta text"}, {"type": "audio", "transcript": "said"}],
+        }
+        got = await exchange(ws, {"type": "conversation.item.create", "item": item}, "conversation.item.done")
+        parts = got[-1]["item"]["content"]  # check() has held each event to the SDK's types
+        assert [p["type"] for p in parts] == ["output_text", "output_audio"] and parts[0][
+            "text"
+        ] == "beta text"
+        untyped = (await exchange(ws, {"event_id": "evt_x", "item": {}}, "error"))[-1]["error"]
+        assert (untyped["code"], untyped["param"], untyped["event_id"]) == (
+            "missing_required_parameter",
+            "type",
+            "evt_x",
+        )
+        await ws.disconnect()
+
+    run(main())

@@ -15,6 +15,9 @@ Behaviour is chosen by the request's ``model``, so a test needs no side channel 
     cut-stream        two content chunks, then the connection is closed mid-body, with no [DONE]
     stream-error      two content chunks, then an SSE ``{"error": ...}`` event, as OpenAI sends mid-stream
 
+Every text reply honours ``max_completion_tokens`` (or ``max_tokens``): past that many of its pieces
+it stops, with finish_reason "length", as a real server does.
+
 What real servers do that the cases above do not (llama.cpp, reasoning models):
 
     ping-model        streams open with two ``: ping`` comment lines (keep-alives some servers send)
@@ -350,6 +353,13 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 texts.append(replies[i % len(replies)] if replies else upstream.reply)
         calls_tool = model in ("tool-model", "tool-text-model", "tool-empty-model")
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1 or calls_tool:
+            limit = None
+        finish = ["tool_calls" if calls_tool else "stop"] * n  # each choice's finish_reason
+        for i, text in enumerate(texts):
+            if limit is not None and text is not None and len(tokens(text)) > limit:
+                texts[i], finish[i] = "".join(tokens(text)[:limit]), "length"
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         usage = {
             "prompt_tokens": sum(
@@ -362,12 +372,18 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("stream"):
             options = payload.get("stream_options") or {}
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            self._stream(completion_id, model, texts, calls_tool, usage if include_usage else None)
+            self._stream(completion_id, model, texts, calls_tool, usage if include_usage else None, finish)
         else:
-            self._complete(completion_id, model, texts, calls_tool, usage)
+            self._complete(completion_id, model, texts, calls_tool, usage, finish)
 
     def _complete(
-        self, completion_id: str, model: str, texts: list[str | None], calls_tool: bool, usage: dict[str, int]
+        self,
+        completion_id: str,
+        model: str,
+        texts: list[str | None],
+        calls_tool: bool,
+        usage: dict[str, int],
+        finish: list[str],
     ) -> None:
         choices = []
         for i, text in enumerate(texts):
@@ -381,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "index": i,
                     "message": message,
                     "logprobs": _logprobs(text or "") if model == "logprobs-model" else None,
-                    "finish_reason": "tool_calls" if calls_tool else "stop",
+                    "finish_reason": finish[i],
                 }
             )
         body = {
@@ -409,6 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
         texts: list[str | None],
         calls_tool: bool,
         usage: dict[str, int] | None,
+        finish: list[str],
     ) -> None:
         upstream = self.server.upstream
         delay = upstream.token_delay
@@ -428,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
             body.update(extra)
             return body
 
-        per_choice = [list(_deltas(i, text, calls_tool)) for i, text in enumerate(texts)]
+        per_choice = [list(_deltas(i, text, calls_tool, finish[i])) for i, text in enumerate(texts)]
         if model == "reasoning-model":
             per_choice = [
                 [deltas[0], *(({"reasoning_content": p}, None) for p in tokens(REASONING)), deltas[-1]]
@@ -546,7 +563,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
-def _deltas(index: int, text: str | None, calls_tool: bool) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _deltas(
+    index: int, text: str | None, calls_tool: bool, finish: str
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     """One choice's stream: (delta, finish_reason) per chunk, in OpenAI's shapes."""
     yield {"role": "assistant", "content": "" if text is not None else None}, None
     for piece in tokens(text or ""):
@@ -559,7 +578,7 @@ def _deltas(index: int, text: str | None, calls_tool: bool) -> Iterator[tuple[di
         )
         for piece in tokens(TOOL_CALL_ARGUMENTS):
             yield {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None
-    yield {}, "tool_calls" if calls_tool else "stop"
+    yield {}, finish
 
 
 def _logprobs(text: str) -> dict[str, Any]:

@@ -325,8 +325,9 @@ class SessionConfig:
                 changes["speed"] = _number(given["speed"], f"{param}.output.speed", 0.25, 4.0)
         return changes
 
-    def render(self) -> dict[str, Any]:
-        """The session object of `session.created` / `session.updated`."""
+    def render(self, default_voice: str | None = None) -> dict[str, Any]:
+        """The session object of `session.created` / `session.updated`; `default_voice` names the
+        voice spoken when the session names none (the speech model's first)."""
         audio_in = {
             "format": render_format(self.input_format),
             "transcription": self.transcription,
@@ -352,7 +353,7 @@ class SessionConfig:
                 "input": audio_in,
                 "output": {
                     "format": render_format(self.output_format),
-                    "voice": self.voice,
+                    "voice": self.voice or default_voice,
                     "speed": self.speed,
                 },
             },

@@ -59,6 +59,13 @@ class Conversation:
         self.items.insert(index + 1, item)
         return previous_item_id
 
+    def previous_id(self, item_id: str) -> str | None:
+        """The id of the item before this one (None when it is first, or gone)."""
+        for before, item in zip([None, *self.items], self.items, strict=False):
+            if item.id == item_id:
+                return before.id if before is not None else None
+        return None
+
     def index(self, item_id: Any, *, param: str = "item_id") -> int:
         for i, item in enumerate(self.items):
             if item.id == item_id:
@@ -71,21 +78,34 @@ class Conversation:
     def delete(self, item_id: Any) -> None:
         del self.items[self.index(item_id)]
 
-    def truncate(self, item_id: Any, content_index: Any, audio_end_ms: Any) -> None:
-        """Cut an assistant's spoken item to the audio the user heard (InvalidRequest if it is not one)."""
+    def check_truncate(self, item_id: Any, content_index: Any, audio_end_ms: Any) -> Item:
+        """The item `truncate` would cut, or InvalidRequest saying why it cannot (nothing changes)."""
         item = self.get(item_id)
         data = item.data
         if data.get("role") != "assistant" or data.get("type") != "message":
-            raise InvalidRequest("Only assistant messages can be truncated.", param="item_id")
+            raise InvalidRequest(
+                "Only assistant messages can be truncated.", param="item_id", code="invalid_value"
+            )
         if content_index != 0 or not data.get("content") or data["content"][0].get("type") != "output_audio":
-            raise InvalidRequest("The item has no audio content at that index.", param="content_index")
+            raise InvalidRequest(
+                "The item has no audio content at that index.", param="content_index", code="invalid_value"
+            )
         if isinstance(audio_end_ms, bool) or not isinstance(audio_end_ms, int) or audio_end_ms < 0:
-            raise InvalidRequest("'audio_end_ms' must be a non-negative integer.", param="audio_end_ms")
+            raise InvalidRequest(
+                "'audio_end_ms' must be a non-negative integer.", param="audio_end_ms", code="invalid_value"
+            )
         if audio_end_ms > item.audio_ms + 1:
             raise InvalidRequest(
                 f"audio_end_ms {audio_end_ms} is beyond the item's audio ({item.audio_ms:.0f} ms).",
                 param="audio_end_ms",
+                code="invalid_value",
             )
+        return item
+
+    def truncate(self, item_id: Any, content_index: Any, audio_end_ms: Any) -> None:
+        """Cut an assistant's spoken item to the audio the user heard (InvalidRequest if it is not one)."""
+        item = self.check_truncate(item_id, content_index, audio_end_ms)
+        data = item.data
         part = data["content"][0]
         part["transcript"] = heard(part.get("transcript") or "", item.marks, float(audio_end_ms))
         item.audio_ms = float(audio_end_ms)

@@ -14,6 +14,8 @@ from registry.speech.engines.base import Samples
 class EventError(InvalidRequest):
     """A client event that cannot be handled: answered with an `error` event, the session goes on."""
 
+    code = "invalid_value"  # unless a site names another
+
 
 def b64(value: Any, param: str) -> bytes:
     if not isinstance(value, str):

@@ -105,7 +105,8 @@ async def client_item(session: RealtimeSession, data: Any, param: str) -> Item:
                 raise EventError(
                     f"'{where}.text' must be a string.", param=f"{where}.text", code="invalid_type"
                 )
-            parts.append({"type": kind, "text": text})
+            # The beta's assistant "text" is the GA's "output_text" (as "audio" is "output_audio").
+            parts.append({"type": "output_text" if kind == "text" else kind, "text": text})
     if transcriptions:
         item.transcript = session.track(asyncio.ensure_future(joined(transcriptions)))
     return item

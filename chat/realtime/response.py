@@ -267,6 +267,10 @@ class _Call:
         await self.response.close_item(self.item, self.output_index, status)
 
 
+# An upstream's finish_reason that means the answer was cut short -> Realtime's incomplete reason.
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
 def _usage(tokens: dict[str, Any] | None) -> dict[str, Any] | None:
     if not tokens:
         return None
@@ -282,11 +286,18 @@ def _usage(tokens: dict[str, Any] | None) -> dict[str, Any] | None:
 
 class Response:
     def __init__(
-        self, plan: ResponsePlan, *, send: Send, conversation_add: Callable[[Item], str | None]
+        self,
+        plan: ResponsePlan,
+        *,
+        send: Send,
+        conversation_add: Callable[[Item], str | None],
+        previous_id: Callable[[str], str | None],
     ) -> None:
         self.plan = plan
         self._send = send
         self._conversation_add = conversation_add
+        self._previous_id = previous_id
+        self.finish_reason: str | None = None  # the upstream's, for the one choice
         self.output: list[dict[str, Any]] = []
         self.message: _Message | None = None
         self.calls: dict[int, _Call] = {}
@@ -344,7 +355,10 @@ class Response:
             }
         )
         if self.plan.into_conversation:
-            await self.send({"type": "conversation.item.done", "item": item.data})
+            previous = self._previous_id(item.id)
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": previous, "item": item.data}
+            )
 
     def cancel(self, reason: str) -> None:
         """Stop now: the upstream request is closed and speech stops before its next chunk. Once:
@@ -370,6 +384,9 @@ class Response:
             details: dict[str, Any] | None = None
             try:
                 await self._stream(record)
+                reason = INCOMPLETE.get(self.finish_reason or "")
+                if reason is not None:  # cut short by the token limit or a filter: not a whole answer
+                    status, details = "incomplete", {"type": "incomplete", "reason": reason}
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None:
@@ -428,6 +445,7 @@ class Response:
                     for choice in chunk.get("choices") or []:
                         if int(choice.get("index") or 0) == 0:  # a Realtime response has one
                             await self._delta(choice.get("delta") or {})
+                            self.finish_reason = choice.get("finish_reason") or self.finish_reason
         finally:
             record.usage.span("llm_ms", started)
             self.tokens = upstream.merged_usage(usages)

@@ -172,7 +172,7 @@ class RealtimeSession:
             self.config = self.config.updated(self.admitted.defaults)
             self._new_input()
         await self._resolve(self.config, changed_voice=True, changed_stt=True)
-        await self.send({"type": "session.created", "session": self.config.render()})
+        await self.send({"type": "session.created", "session": self.rendered()})
         self.spawn(self._watch())
 
     async def _watch(self) -> None:
@@ -244,7 +244,7 @@ class RealtimeSession:
             if not isinstance(event, dict):
                 raise EventError("An event must be a JSON object.", code="invalid_event")
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-            kind = event.get("type")
+            kind = self._field(event, "type")
             handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None or not isinstance(kind, str):
                 raise EventError(
@@ -284,7 +284,10 @@ class RealtimeSession:
         self.config = new
         if (new.input_format, new.turn_detection) != (old.input_format, old.turn_detection):
             self._new_input()
-        await self.send({"type": "session.updated", "session": self.config.render()})
+        await self.send({"type": "session.updated", "session": self.rendered()})
+
+    def rendered(self) -> dict[str, Any]:
+        return self.config.render(self.voicing.voice.name if self.voicing is not None else None)
 
     async def _resolve(self, config: SessionConfig, *, changed_voice: bool, changed_stt: bool) -> None:
         if changed_stt or self.stt_model is None:
@@ -427,7 +430,7 @@ class RealtimeSession:
             {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}
         )
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item.data})
-        self.spawn(self._report_transcript(item, transcribing, stopped))
+        self.spawn(self._report_transcript(item, transcribing, stopped, (end_ms - turn.start_ms) / 1000))
         if respond and self.config.kind == "realtime":
             self.spawn(self._respond_to_turn(stopped, transcribing))
 
@@ -443,8 +446,11 @@ class RealtimeSession:
         except OpenAIError as exc:
             await self.error(exc)
 
-    async def _report_transcript(self, item: Item, transcribing: asyncio.Future[str], stopped: float) -> None:
-        """The transcription events of a user turn (one audit row per turn in a transcription session)."""
+    async def _report_transcript(
+        self, item: Item, transcribing: asyncio.Future[str], stopped: float, audio_seconds: float
+    ) -> None:
+        """The transcription events of a user turn (one audit row per turn in a transcription session);
+        their usage is the turn's audio in seconds, as OpenAI bills it."""
         scope = (
             audit.scope(method="WS", endpoint="/v1/realtime/transcription")
             if self.config.kind == "transcription"
@@ -475,9 +481,8 @@ class RealtimeSession:
                     }
                 )
                 return
-            seconds = time.perf_counter() - stopped
             if record is not None:
-                record.usage.stt_ms = seconds * 1000
+                record.usage.stt_ms = (time.perf_counter() - stopped) * 1000
             item.data["content"][0]["transcript"] = text
             ids = {"item_id": item.id, "content_index": 0}
             if text:
@@ -489,10 +494,13 @@ class RealtimeSession:
                     "type": "conversation.item.input_audio_transcription.completed",
                     **ids,
                     "transcript": text,
-                    "usage": {"type": "duration", "seconds": max(0.0, round(seconds, 3))},
+                    "usage": {"type": "duration", "seconds": max(0.0, round(audio_seconds, 3))},
                 }
             )
-            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item.data})
+            previous = self.conversation.previous_id(item.id)
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": previous, "item": item.data}
+            )
 
     async def _clear(self, event: dict[str, Any]) -> None:
         if self.turn is not None:
@@ -530,6 +538,7 @@ class RealtimeSession:
         item_id = self._field(event, "item_id")
         content_index = self._field(event, "content_index")
         audio_end_ms = self._field(event, "audio_end_ms")
+        self.conversation.check_truncate(item_id, content_index, audio_end_ms)  # a refusal changes nothing
         if (
             self.response is not None
             and self.response.message is not None
@@ -582,7 +591,9 @@ class RealtimeSession:
             return
         if awaiting is not None and stt_started is not None:
             plan.messages = self._after_transcript(plan.messages, awaiting, stt_started, plan)
-        response = Response(plan, send=self.send, conversation_add=self.add_item)
+        response = Response(
+            plan, send=self.send, conversation_add=self.add_item, previous_id=self.conversation.previous_id
+        )
         self.response = response
         response.task = self.spawn(response.run())
         response.task.add_done_callback(lambda _: self._response_ended(response))
