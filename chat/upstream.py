@@ -175,7 +175,8 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     if response.status_code >= 400:
         raise _error_from(response, response.content, target)
     try:
-        data = response.json()
+        # Scrubbed of the key, as stream events and errors are: an upstream may echo it in its answer.
+        data = _scrubbed(response.json(), target)
     except ValueError as exc:
         raise UpstreamError(
             f"The upstream '{target.name}' answered with something that is not JSON."
@@ -183,6 +184,58 @@ async def complete(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamError(f"The upstream '{target.name}' answered without choices.")
     return data
+
+
+class DeltaRedactor:
+    """Scrubs a stream's chunks in place: each choice's content, reasoning, refusal and tool-call
+    arguments as one text each (keys.StreamRedactor), what a text held back given with its choice's
+    finish_reason."""
+
+    FIELDS = ("content", "reasoning_content", "refusal")
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.texts: dict[tuple[Any, ...], keys.StreamRedactor] = {}
+
+    def _text(self, *where: Any) -> keys.StreamRedactor:
+        if where not in self.texts:
+            self.texts[where] = keys.StreamRedactor(self.secret, "[upstream key]")
+        return self.texts[where]
+
+    def __call__(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            if not isinstance(choice.get("delta"), dict):
+                if not choice.get("finish_reason"):
+                    continue
+                choice["delta"] = {}  # somewhere to put what was held
+            index, delta = choice.get("index"), choice["delta"]
+            for name in self.FIELDS:
+                if isinstance(delta.get(name), str):
+                    delta[name] = self._text(index, name).feed(delta[name])
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    function["arguments"] = self._text(index, "tool", call.get("index")).feed(
+                        function["arguments"]
+                    )
+            if choice.get("finish_reason"):
+                self._flush(index, delta)
+
+    def _flush(self, index: Any, delta: dict[str, Any]) -> None:
+        for where, text in list(self.texts.items()):
+            if where[0] != index or not text.held:
+                continue
+            rest = text.flush()
+            if where[1] == "tool":
+                delta.setdefault("tool_calls", []).append(
+                    {"index": where[2], "function": {"arguments": rest}}
+                )
+            else:
+                delta[where[1]] = (delta.get(where[1]) or "") + rest
 
 
 @dataclass(frozen=True)
@@ -222,7 +275,9 @@ class Events:
             yield item
 
     async def chunks(self) -> AsyncIterator[dict[str, Any] | Comment]:
-        """`lines()` with each payload parsed."""
+        """`lines()` with each payload parsed, and the key scrubbed from the text the deltas add up
+        to (`lines()` scrubs each event; a key split across deltas is only seen here)."""
+        redact = DeltaRedactor(self.target.api_key) if self.target.api_key else None
         async for item in self.lines():
             if isinstance(item, Comment):
                 yield item
@@ -234,6 +289,8 @@ class Events:
                     f"The upstream '{self.target.name}' sent a malformed stream event."
                 ) from exc
             if isinstance(chunk, dict):
+                if redact is not None:
+                    redact(chunk)
                 yield chunk
 
     async def _read(self) -> AsyncIterator[str | Comment]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import AsyncExitStack
@@ -299,33 +298,28 @@ async def voice_chat_stream(plan: ChatPlan) -> AsyncIterator[Payload]:
 async def _passthrough(
     events: upstream.Events, stack: AsyncExitStack, started: float, model: str, include_usage: bool
 ) -> AsyncIterator[Payload]:
-    """Text out: the upstream's events as it sent them, comments included, but for the model's name
-    and the usage. That leaves once, last, and only to a client that asked for it: the gateway asks
-    for it anyway (for the audit log), and llama.cpp sends one usage chunk per choice when n > 1."""
+    """Text out: the upstream's events as it sent them, comments included, but for the model's name,
+    its key (should it say it) and the usage. That leaves once, last, and only to a client that
+    asked for it: the gateway asks for it anyway (for the audit log), and llama.cpp sends one usage
+    chunk per choice when n > 1."""
     usage = audit.usage()
     usages: list[dict[str, Any]] = []
     usage_chunk: dict[str, Any] | None = None
     try:
-        async for item in events.lines():
-            if isinstance(item, upstream.Comment):
-                yield item
+        async for chunk in events.chunks():  # a malformed event is an UpstreamError (the SDKs'd choke)
+            if isinstance(chunk, upstream.Comment):
+                yield chunk
                 continue
             if usage.llm_first_token_ms is None:
                 usage.llm_first_token_ms = (time.perf_counter() - started) * 1000
-            try:
-                chunk = json.loads(item)
-            except ValueError:
-                yield item  # not ours to judge: passed on as it came
-                continue
-            if isinstance(chunk, dict):
-                _as_asked(chunk, model)
-                if isinstance(chunk.get("usage"), dict):
-                    usages.append(chunk["usage"])
-                    if not chunk.get("choices"):
-                        usage_chunk = chunk  # held back: one usage chunk, added up, ends the reply
-                        continue
-                    if not include_usage:
-                        del chunk["usage"]
+            _as_asked(chunk, model)
+            if isinstance(chunk.get("usage"), dict):
+                usages.append(chunk["usage"])
+                if not chunk.get("choices"):
+                    usage_chunk = chunk  # held back: one usage chunk, added up, ends the reply
+                    continue
+                if not include_usage:
+                    del chunk["usage"]
             yield chunk
         if usage_chunk is not None and include_usage:
             yield {**usage_chunk, "usage": upstream.merged_usage(usages)}

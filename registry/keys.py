@@ -101,3 +101,32 @@ def redact(text: str, secret: str, replacement: str) -> str:
         i += 1
     parts.append(text[start:])
     return "".join(parts)
+
+
+class StreamRedactor:
+    """`redact` for a text that arrives in pieces (an LLM's deltas), where a secret may be split
+    across them: a tail that could be the start of the secret (two characters or more of it, the
+    last character already given included) is held until the next piece shows whether it is
+    (`feed`), or the text ends (`flush`). Ordinary text keeps its pieces but for the rare tail that
+    looks like a secret's start; of a secret, at most its first character shows."""
+
+    def __init__(self, secret: str, replacement: str) -> None:
+        self.secret, self.replacement = secret, replacement
+        self.held = ""
+        self.last = ""  # the last character given: a secret's start may be in it
+
+    def feed(self, piece: str) -> str:
+        text = self.held + piece
+        seen = self.last + text
+        keep = 0
+        for n in range(min(len(seen), len(self.secret)), 1, -1):
+            if seen[-n:] in self.secret:
+                keep = min(n, len(text))
+                break
+        ready, self.held = text[: len(text) - keep], text[len(text) - keep :]
+        self.last = ready[-1:] or self.last
+        return redact(ready, self.secret, self.replacement)
+
+    def flush(self) -> str:
+        text, self.held = self.held, ""
+        return redact(text, self.secret, self.replacement)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 import wave
 
@@ -13,6 +14,7 @@ import openai
 import pytest
 
 from bench.harness.speech import speech
+from registry import keys
 from registry.models import RequestLog, Upstream
 from tests.audit_log import audit_row
 from tests.wer import wer
@@ -804,6 +806,52 @@ def test_an_upstream_echoing_its_key_never_shows_it(http, model):
         row = audit_row(response.headers["x-request-id"])
         seen = response.text + row.error_message + row.error_code + row.error_type
         assert not [form for form in forms if form in seen], seen
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_quoting_the_upstream_key_is_given_without_it(http, stream):
+    forms = [UPSTREAM_KEY, f"{UPSTREAM_KEY[:8]}****{UPSTREAM_KEY[-4:]}"]
+    for voice in (False, True):
+        body = {"model": "echo-key-reply", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        if voice:
+            body.update(modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"})
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200
+        if stream:  # the text as a client puts it together from the deltas
+            deltas = [
+                json.loads(line[6:])["choices"][0]["delta"]
+                for line in response.text.splitlines()
+                if line.startswith("data: {") and json.loads(line[6:])["choices"]
+            ]
+            text = "".join(d.get("content") or (d.get("audio") or {}).get("transcript") or "" for d in deltas)
+        else:
+            message = response.json()["choices"][0]["message"]
+            text = message["content"] or message["audio"]["transcript"]
+        assert text.startswith("Your key is [upstream key]"), text
+        assert not [form for form in forms if form in text + response.text], text
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_a_key_split_across_deltas_is_redacted_however_it_is_split(size):
+    said = f"Your key is {UPSTREAM_KEY}, or {UPSTREAM_KEY[:8]}****{UPSTREAM_KEY[-4:]}; the upstream said so."
+    redactor = keys.StreamRedactor(UPSTREAM_KEY, "[k]")
+    out = "".join(redactor.feed(said[i : i + size]) for i in range(0, len(said), size)) + redactor.flush()
+    assert UPSTREAM_KEY[1:9] not in out and UPSTREAM_KEY[-12:] not in out, out  # its first character may show
+    assert out.startswith("Your key is ") and out.endswith(" the upstream said so."), out
+    plain = "The weather in Paris is mild today, with a light wind from the west."
+    redactor = keys.StreamRedactor(UPSTREAM_KEY, "[k]")
+    given = [redactor.feed(word) for word in re.findall(r"\s*\S+", plain)] + [redactor.flush()]
+    assert "".join(given) == plain
+
+
+def test_a_malformed_event_in_a_text_stream_ends_it_with_an_api_error(client):
+    with pytest.raises(openai.APIError) as caught:  # not the SDK's own JSON error
+        list(
+            client.chat.completions.create(
+                model="malformed-stream", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
+    assert "malformed stream event" in caught.value.message
 
 
 def test_a_speech_model_is_not_a_chat_model(make_key, openai_client, upstream):

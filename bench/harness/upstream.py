@@ -13,6 +13,7 @@ Behaviour is chosen by the request's ``model``, so a test needs no side channel 
     error-400/401/429/500   that status with an OpenAI error body (429 adds Retry-After)
     slow-model        the normal reply after ``upstream.slow_seconds``
     cut-stream        two content chunks, then the connection is closed mid-body, with no [DONE]
+    malformed-stream  two content chunks, then ``data: {broken json``, then the rest of the reply
     stream-error      two content chunks, then an SSE ``{"error": ...}`` event, as OpenAI sends mid-stream
 
 Every text reply honours ``max_completion_tokens`` (or ``max_tokens``): past that many of its pieces
@@ -34,6 +35,7 @@ Upstreams that echo the API key they were sent (the ``Authorization`` header's),
     echo-key-400      400 whose ``param``, ``code`` and ``type`` are the key, its message the masked key
     echo-key-500      a 500 text body of 290 characters, then the key (a cut at 300 keeps 10 of it)
     echo-key-stream   a stream whose error event is spaced ``{ "error" : ...}`` and quotes the key
+    echo-key-reply    a reply (streamed or not) that quotes the key whole and masked
 
 Streams are ``data: {chat.completion.chunk}`` events, one per token-like piece (a word with its leading
 space, or one punctuation mark: "3.5" arrives as "3", ".", "5"), ``upstream.token_delay`` seconds apart.
@@ -350,6 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
                 texts.append(TOOL_CALL_TEXT)
             elif model == "echo-model":
                 texts.append(_last_user_text(payload["messages"]))
+            elif model == "echo-key-reply":
+                texts.append(f"Your key is {key}, or {key[:8]}****{key[-4:]} for short.")
             else:
                 texts.append(replies[i % len(replies)] if replies else upstream.reply)
         calls_tool = model in ("tool-model", "tool-text-model", "tool-empty-model")
@@ -485,6 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
                     held = True
                     upstream.release.wait(30)
                 sentence_ended = sentence_ended or str(delta.get("content", "")).endswith(".")
+                if model == "malformed-stream" and content_chunks == 2 and bool(delta.get("content")):
+                    self._write_chunk(b"data: {broken json\n\n")
                 if model in ("cut-stream", "stream-error") and content_chunks == 2:
                     if model == "cut-stream":
                         self._hang_up()
