@@ -196,6 +196,7 @@ class DeltaRedactor:
     def __init__(self, secret: str) -> None:
         self.secret = secret
         self.texts: dict[tuple[Any, ...], keys.StreamRedactor] = {}
+        self.envelope: dict[str, Any] = {}  # the last chunk: its id, model... for `rest()`
 
     def _text(self, *where: Any) -> keys.StreamRedactor:
         if where not in self.texts:
@@ -203,6 +204,7 @@ class DeltaRedactor:
         return self.texts[where]
 
     def __call__(self, chunk: dict[str, Any]) -> None:
+        self.envelope = chunk
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict):
@@ -224,6 +226,19 @@ class DeltaRedactor:
                     )
             if choice.get("finish_reason"):
                 self._flush(index, delta)
+
+    def rest(self) -> dict[str, Any] | None:
+        """A last chunk with the text still held (None if none), like the last chunk seen."""
+        choices: dict[Any, dict[str, Any]] = {}
+        for where, text in self.texts.items():
+            if text.held:
+                self._flush(where[0], choices.setdefault(where[0], {}))
+        if not choices:
+            return None
+        return {
+            **{k: v for k, v in self.envelope.items() if k in ("id", "object", "created", "model")},
+            "choices": [{"index": i, "delta": d, "finish_reason": None} for i, d in choices.items()],
+        }
 
     def _flush(self, index: Any, delta: dict[str, Any]) -> None:
         for where, text in list(self.texts.items()):
@@ -292,6 +307,9 @@ class Events:
                 if redact is not None:
                     redact(chunk)
                 yield chunk
+        rest = redact.rest() if redact is not None else None
+        if rest is not None:  # the upstream ended without a finish_reason: what was held still goes
+            yield rest
 
     async def _read(self) -> AsyncIterator[str | Comment]:
         done = False

@@ -844,6 +844,27 @@ def test_a_key_split_across_deltas_is_redacted_however_it_is_split(size):
     assert "".join(given) == plain
 
 
+def test_text_held_back_still_goes_when_the_upstream_sends_no_finish_reason():
+    from chat.upstream import DeltaRedactor
+
+    redact = DeltaRedactor(UPSTREAM_KEY)
+    chunks = [
+        {
+            "id": "c1",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+        }
+        for piece in ("It was ", "sk-up")  # a tail that may start the key: held
+    ]
+    for chunk in chunks:
+        redact(chunk)
+    rest = redact.rest()
+    assert rest is not None and (rest["id"], rest["model"]) == ("c1", "m")
+    said = [c["choices"][0]["delta"]["content"] for c in [*chunks, rest]]
+    assert said == ["It was ", "", "sk-up"]
+    assert redact.rest() is None  # given once
+
+
 def test_a_malformed_event_in_a_text_stream_ends_it_with_an_api_error(client):
     with pytest.raises(openai.APIError) as caught:  # not the SDK's own JSON error
         list(
