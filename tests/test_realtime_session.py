@@ -327,3 +327,28 @@ def test_items_in_the_beta_s_shapes_are_given_in_the_ga_s(registry: Any, api_key
         await ws.disconnect()
 
     run(main())
+
+
+def test_a_message_is_done_before_the_tool_call_that_follows_it(registry: Any, api_key: Key) -> None:
+    """tool-text-model says "Let me check the weather." and then calls get_weather: the spoken
+    message ends (its last audio, then its done events) before the call's item is added."""
+
+    async def main() -> None:
+        ws = await opened(api_key.secret, "/v1/realtime?model=tool-text-model")
+        weather = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+        tools = {"type": "session.update", "session": {"type": "realtime", "tools": [weather]}}
+        await exchange(ws, tools, "session.updated")
+        got = await exchange(ws, {"type": "response.create"}, "response.done")
+        seen = [(e["type"], e.get("output_index")) for e in got]
+        message_done = seen.index(("response.output_item.done", 0))
+        last_audio = max(i for i, kind in enumerate(seen) if kind == ("response.output_audio.delta", 0))
+        assert last_audio < message_done < seen.index(("response.output_item.added", 1))
+        output = got[-1]["response"]["output"]
+        assert [(o["type"], o["status"]) for o in output] == [
+            ("message", "completed"),
+            ("function_call", "completed"),
+        ]
+        assert output[0]["content"][0]["transcript"] and output[1]["name"] == "get_weather"
+        await ws.disconnect()
+
+    run(main())

@@ -412,10 +412,11 @@ class Response:
                 await self.send(error_event(error))
             record.usage.tokens = self.tokens
             item_status = "completed" if status == "completed" else "incomplete"
-            if self.message is not None:
+            if self.message is not None and not self._done(self.message.item):
                 await self.message.close(item_status)
             for index in sorted(self.calls):
-                await self.calls[index].close(item_status)
+                if not self._done(self.calls[index].item):
+                    await self.calls[index].close(item_status)
             await self.send({"type": "response.done", "response": self.render(status, details)})
             if status == "cancelled":
                 record.finish(audit.CLIENT_CLOSED)
@@ -451,8 +452,21 @@ class Response:
             self.tokens = upstream.merged_usage(usages)
         if self.held:
             await self._settle_held()
-        if self.message is not None:
+        if self.message is not None and not self._done(self.message.item):
             await self.message.finish()
+
+    def _done(self, item: Item) -> bool:
+        return any(closed is item for closed in self.closed)
+
+    async def _close_before(self, output_index: int) -> None:
+        """Close the items before a new one, as OpenAI gives them: a message (spoken to its end)
+        is done before the function call that follows it, and one call before the next."""
+        if self.message is not None and not self._done(self.message.item):
+            await self.message.finish()
+            await self.message.close("completed")
+        for call in self.calls.values():
+            if call.output_index < output_index and not self._done(call.item):
+                await call.close("completed")
 
     async def _delta(self, delta: dict[str, Any]) -> None:
         for call in delta.get("tool_calls") or []:
@@ -460,7 +474,7 @@ class Response:
         content = delta.get("content")
         if not content:
             return
-        if self.message is None:
+        if self.message is None or self._done(self.message.item):  # text after a call: a new message
             self.held += content
             if not self.held.strip():
                 return
@@ -479,6 +493,7 @@ class Response:
         index = int(call.get("index") or 0)
         function = call.get("function") or {}
         if index not in self.calls:
+            await self._close_before(len(self.output))
             self.calls[index] = _Call(
                 self, len(self.output), str(call.get("id") or new_id("call")), str(function.get("name") or "")
             )
