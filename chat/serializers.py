@@ -186,5 +186,9 @@ class ChatCompletionParams(serializers.Serializer):
             raise serializers.ValidationError(
                 {"audio": {"format": "Streamed audio is sent as 'pcm16'; set 'audio.format' to 'pcm16'."}}
             )
+        if attrs.get("stream_options") is not None and not attrs.get("stream"):
+            raise serializers.ValidationError(
+                {"stream_options": "The 'stream_options' parameter is only allowed when 'stream' is enabled."}
+            )
         attrs["wants_audio"] = wants_audio
         return attrs

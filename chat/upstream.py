@@ -53,8 +53,9 @@ def _client(target: Target) -> httpx.AsyncClient:
     return client
 
 
-async def route(model: str) -> Target:
-    """The enabled upstream that lists `model`, else the default upstream. Raises ModelNotFound."""
+async def route(model: str, *, param: str = "model") -> Target:
+    """The enabled upstream that lists `model`, else the default upstream. Raises ModelNotFound
+    (naming `param`: `session.model` in a Realtime session.update)."""
     chosen: Upstream | None = None
     default: Upstream | None = None
     for upstream in (await snapshot.current()).upstreams:
@@ -65,7 +66,7 @@ async def route(model: str) -> Target:
             default = upstream
     chosen = chosen or default
     if chosen is None:
-        raise ModelNotFound(f"The model '{model}' does not exist: no upstream serves it.", param="model")
+        raise ModelNotFound(f"The model '{model}' does not exist: no upstream serves it.", param=param)
     try:
         api_key = chosen.get_api_key()
     except UndecryptableKey as exc:

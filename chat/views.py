@@ -69,4 +69,5 @@ class ClientSecretsView(APIView):
                 "A client secret cannot mint client secrets; use an API key.", code="secret_not_allowed"
             )
         body = await request_data(request)
-        return JsonResponse(await admission.mint_secret(api_key=request.auth, data=body or {}))
+        data = body if body or isinstance(body, list) else {}  # no body: defaults; [] is refused
+        return JsonResponse(await admission.mint_secret(api_key=request.auth, data=data))

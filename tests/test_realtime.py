@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import websockets.exceptions
@@ -450,6 +451,12 @@ def test_browser_subprotocol_key_and_client_secrets(
     with pytest.raises(openai.BadRequestError) as bad:
         client.realtime.client_secrets.create(session={"type": "realtime", "audio": {"output": {"speed": 9}}})
     assert bad.value.body["param"] == "session.audio.output.speed"  # type: ignore[index]
+    not_an_object = httpx.post(
+        f"{gateway.url}/v1/realtime/client_secrets",
+        json=[],
+        headers={"Authorization": f"Bearer {api_key.secret}"},
+    )
+    assert not_an_object.status_code == 400 and not_an_object.json()["error"]["param"] == "body"
     time.sleep(max(0.0, secret.expires_at - time.time()) + 0.5)
     plain = url.replace("?model=echo-model", "?model=echo-model")
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:

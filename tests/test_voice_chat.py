@@ -516,6 +516,16 @@ def test_bad_requests_are_clear_errors_before_the_stream(http, body, status, par
         assert row.status_code == status and row.error_message == error["message"]
 
 
+def test_stream_options_without_stream_is_a_400_as_openai_answers(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="fake-llm",
+            messages=[{"role": "user", "content": "hi"}],
+            stream_options={"include_usage": True},
+        )
+    assert caught.value.body["param"] == "stream_options"  # type: ignore[index]
+
+
 def test_malformed_json_is_a_400(http):
     response = http.post(
         "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}

@@ -163,7 +163,7 @@ async def check_model(api_key: ApiKey | None, model: str, *, param: str = "model
     """A chat model this key may use, routed (ModelNotFound, PermissionDenied, InvalidRequest)."""
     await catalog.check_chat_model(model, param=param)
     access.check_model_allowed(api_key, [model], param=param)
-    return await upstream.route(model)
+    return await upstream.route(model, param=param)
 
 
 async def mint_secret(*, api_key: ApiKey | None, data: Any) -> dict[str, Any]:
