@@ -18,7 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from registry.api.serializers import VoiceField
+from registry.api.serializers import StrictCharField, VoiceField
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 AUDIO_IN_FORMATS = ("wav", "mp3")
@@ -95,7 +95,7 @@ class InputAudioSerializer(serializers.Serializer):
 class ContentPartSerializer(serializers.Serializer):
     """A content part; only `input_audio` parts are ours, the rest pass through as sent."""
 
-    type = serializers.CharField()
+    type = StrictCharField()
     input_audio = InputAudioSerializer(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -158,15 +158,15 @@ class ChatAudioSerializer(serializers.Serializer):
 class ChatCompletionParams(serializers.Serializer):
     """What voiceproxy reads of the body; every other parameter goes upstream untouched."""
 
-    model = serializers.CharField()
+    model = StrictCharField()
     messages = MessageSerializer(many=True, allow_empty=False)
     n = StrictIntegerField(required=False, allow_null=True, min_value=1)
     stream = StrictBooleanField(required=False, allow_null=True)
     stream_options = serializers.DictField(required=False, allow_null=True)
     modalities = ModalitiesField(required=False, allow_null=True)
     audio = ChatAudioSerializer(required=False, allow_null=True)
-    transcription_model = serializers.CharField(required=False, allow_null=True)
-    speech_model = serializers.CharField(required=False, allow_null=True)
+    transcription_model = StrictCharField(required=False, allow_null=True)
+    speech_model = StrictCharField(required=False, allow_null=True)
 
     def validate_n(self, value: int | None) -> int | None:
         limit = settings.VOICEPROXY_MAX_CHOICES

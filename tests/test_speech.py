@@ -291,6 +291,17 @@ def test_speed_out_of_range_is_a_400(client, speed):
     assert error.status_code == 400 and error.body["param"] == "speed"
 
 
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("input", 123), ("input", ["a"]), ("speed", True), ("speed", "2"), ("model", 5), ("instructions", 1)],
+)
+def test_a_value_of_the_wrong_json_type_is_a_400_naming_it(http, param, value):
+    body = {"model": "tts-1", "input": SENTENCE, "voice": "alloy", param: value}
+    response = http.post("/v1/audio/speech", json=body)
+    assert response.status_code == 400, response.text
+    assert check_error(400, response.json(), response.headers)["param"] == param
+
+
 def test_unknown_response_format_is_a_400(client):
     error = bad(client, response_format="ogg")
     assert error.status_code == 400 and error.body["param"] == "response_format"

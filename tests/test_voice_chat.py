@@ -516,6 +516,22 @@ def test_bad_requests_are_clear_errors_before_the_stream(http, body, status, par
         assert row.status_code == status and row.error_message == error["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": 5}, "model"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": 5, "text": "hi"}]}]},
+            "messages[0].content[0].type",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_a_400_naming_it(http, body, param):
+    request = {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}], **body}
+    response = http.post("/v1/chat/completions", json=request)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
 def test_stream_options_without_stream_is_a_400_as_openai_answers(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(

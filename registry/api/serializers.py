@@ -174,13 +174,36 @@ class VoiceField(serializers.Field):
         return value
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, not a number or a boolean turned into one (OpenAI refuses `"input": 123`).
+    For JSON bodies only: a form's fields are all strings."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number, not a numeric string nor a boolean."""
+
+    default_error_messages = {"invalid": "Must be a number."}
+
+    def to_internal_value(self, data: Any) -> float:
+        if not isinstance(data, int | float) or isinstance(data, bool):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
 class SpeechParams(serializers.Serializer):
-    model = serializers.CharField(required=False, allow_blank=True, default="")
-    input = serializers.CharField(trim_whitespace=False)
+    model = StrictCharField(required=False, allow_blank=True, default="")
+    input = StrictCharField(trim_whitespace=False)
     voice = VoiceField()
     response_format = serializers.ChoiceField(choices=list(AUDIO_FORMATS), required=False, default="mp3")
-    speed = serializers.FloatField(required=False, default=1.0, min_value=0.25, max_value=4.0)
-    instructions = serializers.CharField(required=False, allow_blank=True, default="", max_length=4096)
+    speed = StrictFloatField(required=False, default=1.0, min_value=0.25, max_value=4.0)
+    instructions = StrictCharField(required=False, allow_blank=True, default="", max_length=4096)
     stream_format = serializers.ChoiceField(choices=["audio", "sse"], required=False, default="audio")
 
     def validate_input(self, value: str) -> str:
