@@ -11,7 +11,7 @@ paragraphs 1.5 s apart; 35s is the notice's first half), warm, interleaved, the 
 - batched N:  WhisperEngine.transcribe(batch_size=N): faster-whisper's BatchedInferencePipeline on the
   same loaded model, over the pieces Silero VAD finds
 - gateway:    the openai SDK against a fresh gateway (daphne, SQLite, the starter registry), whose
-  stt.transcribe_on picks the path by duration (stt.BATCHED_FROM_S, stt.BATCH_SIZE)
+  stt picks the path by duration (stt.LONG_FROM_S): pieces, stt.pieces_at_once() at a time
 - gateway before (with --before PATH): the same request to a gateway started from another checkout
   of this repository, e.g. the commit before issue 14 (`git worktree add ../before e3cc86e`), run
   with this virtual environment, interleaved with the others: "today" measured on this machine
@@ -436,7 +436,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-sizes",
         default="",
-        help="batch sizes to time directly (default: the gateway's stt.BATCH_SIZE)",
+        help="batch sizes to time directly (default: 4)",
     )
     parser.add_argument("--no-silence", action="store_true", help="skip the silence cases")
     parser.add_argument(
@@ -468,8 +468,8 @@ def main() -> None:
             print(f"before:  the gateway of {args.before} at {commit_of(args.before)}")
         from registry.speech import stt
 
-        print(f"gateway: {gateway.url}; batched from {stt.BATCHED_FROM_S:g} s, batch size {stt.BATCH_SIZE}")
-        batch_sizes = batch_sizes or [stt.BATCH_SIZE]
+        print(f"gateway: {gateway.url}; pieces from {stt.LONG_FROM_S:g} s, {stt.pieces_at_once()} at a time")
+        batch_sizes = batch_sizes or [4]
         for label in models:
             model = MODELS[label]
             engine = engines.stt(model).engine

@@ -240,3 +240,55 @@ def test_long_spanish_audio_is_detected_and_translated_on_the_multilingual_model
     # test asks for mostly English, not for a good translation.
     assert len(words & (ENGLISH_WORDS | ENGLISH_FUNCTION_WORDS)) >= 3, result.text
     assert len(words & SPANISH_WORDS) < len(words & (ENGLISH_WORDS | ENGLISH_FUNCTION_WORDS)), result.text
+
+
+def test_a_long_transcription_decodes_its_pieces_at_once_and_gives_them_in_order(
+    registry, settings, monkeypatch
+):
+    """Over 30 s of speech is two pieces; with two pool threads both are decoded at once (the first
+    waits, in the pool, until the second has started: a pool that ran them one after the other would
+    fail here, not hang), and their segments come back in order on the clip's timeline."""
+    import asyncio
+    import threading
+
+    from registry import audit
+    from registry.speech import audio, stt, workers
+    from registry.speech.engines.whisper import WhisperEngine
+
+    settings.VOICEPROXY_INFERENCE_THREADS = 2
+    previous, workers._scheduler = workers._scheduler, workers.Scheduler(2)
+    second_started, calls, lock = threading.Event(), [], threading.Lock()
+    decode = WhisperEngine.transcribe_piece
+
+    def piece(self, samples, piece, **options):
+        with lock:
+            index = len(calls)
+            calls.append(piece[0]["start"])
+        if index == 1:
+            second_started.set()
+        elif index == 0:
+            assert second_started.wait(60), "the second piece did not start while the first was decoded"
+        return decode(self, samples, piece, **options)
+
+    monkeypatch.setattr(WhisperEngine, "transcribe_piece", piece)
+    first, second = frames(speech(FIRST)), frames(speech(SECOND))
+    pcm = first + silence(1.0) + second + silence(1.0) + first
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+
+    async def main() -> stt.Transcript:
+        with audit.scope(method="TEST", endpoint="test/long-pieces"):
+            return await stt.transcribe(
+                api_key=None, source=audio.Pcm(samples, RATE), options=stt.SttOptions()
+            )
+
+    try:
+        result = asyncio.run(main())
+    finally:
+        workers._scheduler.close()
+        workers._scheduler = previous
+    assert len(calls) == 2 and calls[0] < calls[1]  # the pieces, started in the clip's order
+    segments = result.segments
+    assert [s.id for s in segments] == list(range(len(segments)))
+    assert all(a.end <= b.start + 0.01 for a, b in zip(segments, segments[1:], strict=False))
+    assert segments[-1].start >= seconds(first + silence(1.0) + second)  # the last piece: the clip's end
+    assert wer(f"{FIRST} {SECOND} {FIRST}", result.text) <= WER_BOUND, result.text

@@ -5,7 +5,8 @@
                          container bytes (wav, mp3, ogg...) or raw `audio.Pcm` samples -> Transcript
     stream()             the same, segments as they are decoded (checks done before it returns)
     transcribe_on()      the pipeline on a loaded engine: what the pool runs and the bench times
-                         (no speech -> no segments; long audio -> decoded in batches)
+                         (no speech -> no segments; long audio -> VAD-cut pieces, `plan_on()` and
+                         `piece_on()`, which the services decode several at once)
     server_vad()         OpenAI's `server_vad` knobs -> faster-whisper's Silero VAD parameters
 
 For /v1/audio/*, the chat proxy's input_audio parts, and Realtime's buffered PCM alike.
@@ -13,11 +14,17 @@ For /v1/audio/*, the chat proxy's input_audio parts, and Realtime's buffered PCM
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -29,6 +36,7 @@ from registry.speech import audio, workers
 from registry.speech.cache import model_cache
 from registry.speech.engines.base import (
     CannotTranslate,
+    Piece,
     Samples,
     Segment,
     SpeechToText,
@@ -40,15 +48,19 @@ from registry.speech.engines.base import (
 
 SAMPLE_RATE = 16_000  # what Whisper listens at
 
-# Audio this long or longer is decoded as VAD-cut pieces in batches (the engine's `batch_size`),
-# streams included. Measured on 2 cores (bench/bench_long_audio.py, tiny.en / base): CPU time
-# -5 % / -3 % at 34 s, -17 % / -15 % at 60 s, -34 % / -31 % at 5 min, word error rate within 1.2
-# points of sequential's (espeak speech); the price is coarser segments (one per piece of up to
-# 30 s instead of one per phrase), so below one window's worth, where batching has nothing to
-# batch, the sequential path stays. Batch sizes 4, 8 and 16 cost the same CPU; 4 gives a stream
-# its first segment soonest (5 min clip: 5.0 s against 9.2 s and 11.9 s with tiny.en).
-BATCHED_FROM_S = 30.0
-BATCH_SIZE = 4
+# Audio this long or longer is cut by Silero VAD into pieces of up to 30 s of speech, each decoded as
+# one window (one segment per piece, on the original timeline), pieces_at_once() of them at a time
+# on the pool's threads; streams included. Below one window's worth there is nothing to cut, and the
+# sequential path (a segment per phrase) stays. Measured on 2 cores (bench/bench_long_audio.py,
+# tiny.en, 60 s clip): 3.49 s sequential, 2.23 s as one batch of pieces (faster-whisper's
+# BatchedInferencePipeline, batch 4), 1.31 s as pieces two at a time on CTranslate2's two workers,
+# the word error rate the same (0.018-0.042 run to run, both ways); 5 min: 18.6, 8.4 and 5.9 s.
+LONG_FROM_S = 30.0
+
+
+def pieces_at_once() -> int:
+    """A long transcription's pieces decoded at once: one per pool thread (and CTranslate2 worker)."""
+    return max(1, int(settings.VOICEPROXY_INFERENCE_THREADS))
 
 
 def server_vad(
@@ -135,28 +147,10 @@ async def _decode(source: AudioSource) -> tuple[Samples, float]:
         raise InvalidAudio(str(exc), param="file") from exc
 
 
-def transcribe_on(
-    engine: SpeechToText, samples: Samples, *, model_id: str, task: Task, options: SttOptions
-) -> tuple[Iterator[Segment], TranscriptionInfo]:
-    """Start the engine on 16 kHz samples; segments decode lazily as the iterator is drained.
-
-    Audio without speech gives no segments; audio of BATCHED_FROM_S or more is decoded in batches.
-    Blocking: run it (and drain it) in the pool. Raises InvalidRequest (`model_cannot_translate`,
-    `unsupported_language`) before any decoding.
-    """
-    long_audio = len(samples) >= BATCHED_FROM_S * engine.sample_rate
+@contextlib.contextmanager
+def _engine_errors(model_id: str, options: SttOptions) -> Iterator[None]:
     try:
-        return engine.transcribe(
-            samples,
-            task=task,
-            language=options.language or None,
-            prompt=options.prompt or None,
-            temperature=options.temperature,
-            word_timestamps=options.word_timestamps,
-            vad_filter=options.vad_filter,
-            vad_parameters=options.vad_parameters or None,
-            batch_size=BATCH_SIZE if long_audio else 0,
-        )
+        yield
     except CannotTranslate as exc:
         raise InvalidRequest(
             f"The model '{model_id}' is English-only and cannot translate; use a multilingual model.",
@@ -169,6 +163,73 @@ def transcribe_on(
             param="language",
             code="unsupported_language",
         ) from exc
+
+
+def plan_on(
+    engine: SpeechToText, samples: Samples, *, model_id: str, task: Task, options: SttOptions
+) -> tuple[list[Piece], TranscriptionInfo]:
+    """Long audio's pieces and language (blocking: VAD, language detection). Raises InvalidRequest
+    as `transcribe_on` does."""
+    with _engine_errors(model_id, options):
+        return engine.plan(
+            samples,
+            task=task,
+            language=options.language or None,
+            vad_parameters=options.vad_parameters or None,
+        )
+
+
+def piece_on(
+    engine: SpeechToText, samples: Samples, piece: Piece, *, task: Task, language: str, options: SttOptions
+) -> list[Segment]:
+    """One piece of `plan_on`, decoded (blocking)."""
+    return engine.transcribe_piece(
+        samples,
+        piece,
+        task=task,
+        language=language,
+        prompt=options.prompt or None,
+        temperature=options.temperature,
+        word_timestamps=options.word_timestamps,
+    )
+
+
+def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:
+    for index, segment in enumerate(segments):
+        yield dataclasses.replace(segment, id=index)
+
+
+def transcribe_on(
+    engine: SpeechToText, samples: Samples, *, model_id: str, task: Task, options: SttOptions
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """Start the engine on 16 kHz samples; segments decode lazily as the iterator is drained.
+
+    Audio without speech gives no segments; audio of LONG_FROM_S or more is cut into pieces,
+    decoded here one after another (the services decode pieces_at_once() at a time, `_long`).
+    Blocking: run it (and drain it) in the pool. Raises InvalidRequest (`model_cannot_translate`,
+    `unsupported_language`) before any decoding.
+    """
+    if len(samples) >= LONG_FROM_S * engine.sample_rate:
+        pieces, info = plan_on(engine, samples, model_id=model_id, task=task, options=options)
+        decoded = (
+            segment
+            for piece in pieces
+            for segment in piece_on(
+                engine, samples, piece, task=task, language=info.language, options=options
+            )
+        )
+        return _numbered(decoded), info
+    with _engine_errors(model_id, options):
+        return engine.transcribe(
+            samples,
+            task=task,
+            language=options.language or None,
+            prompt=options.prompt or None,
+            temperature=options.temperature,
+            word_timestamps=options.word_timestamps,
+            vad_filter=options.vad_filter,
+            vad_parameters=options.vad_parameters or None,
+        )
 
 
 async def run(
@@ -188,14 +249,14 @@ async def run(
     audit.usage().audio_seconds_in = duration
 
     started = time.perf_counter()
-    # Decoded in the pool a segment (a window, or a batch of pieces) at a time, each its own unit:
-    # a long transcription takes turns with other requests' work instead of holding a thread.
-    items = workers.stream(_produce, model, samples, task, options)
+    # Decoded in the pool a segment (a window, or a piece) at a time, each its own unit: a long
+    # transcription takes turns with other requests' work instead of holding a thread.
+    items = _items(model, samples, task, options)
     try:
         info = await anext(items)
         segments = [item async for item in items if isinstance(item, Segment)]
     finally:
-        items.close()
+        await items.aclose()
     audit.usage().span("stt_ms", started)
     assert isinstance(info, TranscriptionInfo)  # noqa: S101 - _produce() yields it first, always
     return Transcript(
@@ -226,6 +287,75 @@ def _produce(
         yield from segments
 
 
+def _plan(
+    model: ResolvedModel, samples: Samples, task: Task, options: SttOptions
+) -> tuple[list[Piece], TranscriptionInfo]:
+    with model_cache.stt(model) as engine:
+        return plan_on(engine, samples, model_id=model.model_id, task=task, options=options)
+
+
+def _piece(
+    model: ResolvedModel, samples: Samples, piece: Piece, task: Task, language: str, options: SttOptions
+) -> list[Segment]:
+    with model_cache.stt(model) as engine:
+        return piece_on(engine, samples, piece, task=task, language=language, options=options)
+
+
+async def _items(
+    model: ResolvedModel, samples: Samples, task: Task, options: SttOptions
+) -> AsyncGenerator[TranscriptionInfo | Segment, None]:
+    """The info, then the segments in order, decoded in the pool (ServerBusy before any work)."""
+    if len(samples) >= LONG_FROM_S * SAMPLE_RATE:
+        async for item in _long(model, samples, task, options):
+            yield item
+        return
+    items = workers.stream(_produce, model, samples, task, options)
+    try:
+        async for item in items:
+            yield item
+    finally:
+        items.close()
+
+
+R = TypeVar("R")
+
+
+async def _long(
+    model: ResolvedModel, samples: Samples, task: Task, options: SttOptions
+) -> AsyncGenerator[TranscriptionInfo | Segment, None]:
+    """Long audio: the plan, then its pieces pieces_at_once() at a time, each a pool unit of this
+    request (so they take turns with other requests' work), their segments given in order as the
+    pieces before them are done. One reservation, taken first (or 503), covers every call, so a
+    transcription that starts is not refused half way; its overlapping pieces are admitted beside it."""
+    reserved = workers.reservation()
+    context = contextvars.copy_context()
+    context.run(workers.use, reserved)
+    loop = asyncio.get_running_loop()
+
+    def start(fn: Callable[..., R], *args: Any) -> asyncio.Task[R]:
+        return loop.create_task(workers.run(fn, *args), context=context)
+
+    running: deque[asyncio.Task[list[Segment]]] = deque()
+    try:
+        pieces, info = await start(_plan, model, samples, task, options)
+        yield info
+        waiting = iter(pieces)
+        for piece in itertools.islice(waiting, pieces_at_once()):
+            running.append(start(_piece, model, samples, piece, task, info.language, options))
+        count = 0
+        while running:
+            segments = await running.popleft()
+            for piece in itertools.islice(waiting, 1):
+                running.append(start(_piece, model, samples, piece, task, info.language, options))
+            for segment in segments:
+                yield dataclasses.replace(segment, id=count)
+                count += 1
+    finally:
+        for task_ in running:
+            task_.cancel()
+        workers.release(reserved)
+
+
 @dataclass
 class SegmentStream:
     """Segments as the engine decodes them; `info` is known before the first one."""
@@ -242,19 +372,20 @@ async def stream(
     """Start a transcription whose segments arrive as they are decoded.
 
     Every check (model, audio, language, translate ability) happens before this returns, so an
-    edge can still answer with a plain 400; the decoding runs in one pool slot and stops after
-    the current segment when the consumer goes away.
+    edge can still answer with a plain 400; the decoding runs in the pool (one slot, or one
+    reservation for long audio's pieces) and stops after the current segment, or the pieces under
+    way, when the consumer goes away.
     """
     model = await resolve(api_key=api_key, name=options.model)
     samples, duration = await _decode(source)
     audit.usage().audio_seconds_in = duration
 
     started = time.perf_counter()
-    items = workers.stream(_produce, model, samples, task, options)
+    items = _items(model, samples, task, options)
     try:
         info = await anext(items)
     except BaseException:
-        items.close()
+        await items.aclose()
         raise
     assert isinstance(info, TranscriptionInfo)  # noqa: S101 - produce() yields it first, always
 
@@ -264,7 +395,7 @@ async def stream(
                 if isinstance(item, Segment):
                     yield item
         finally:
-            items.close()
+            await items.aclose()
             audit.usage().span("stt_ms", started)
 
     return SegmentStream(model_id=model.model_id, duration=duration, info=info, segments=segments())

@@ -88,6 +88,9 @@ class TranscriptionInfo:
     duration: float  # seconds of input audio
 
 
+Piece = list[dict[str, int]]  # a long clip's piece: its stretches of speech, {"start", "end"} in samples
+
+
 class SpeechToText(Protocol):
     sample_rate: int  # what `transcribe` expects, 16 kHz for Whisper
     device: str  # where it actually runs: "cpu" or "cuda"
@@ -115,6 +118,32 @@ class SpeechToText(Protocol):
 
         Raises UnsupportedLanguage, CannotTranslate, or EngineError for bad VAD parameters.
         """
+        ...
+
+    def plan(
+        self,
+        samples: Samples,
+        *,
+        task: Task = "transcribe",
+        language: str | None = None,
+        vad_parameters: dict[str, float] | None = None,
+    ) -> tuple[list[Piece], TranscriptionInfo]:
+        """Long audio cut into pieces to decode apart (`transcribe_piece`), and its language.
+        Raises as `transcribe` does."""
+        ...
+
+    def transcribe_piece(
+        self,
+        samples: Samples,
+        piece: Piece,
+        *,
+        task: Task = "transcribe",
+        language: str = "en",
+        prompt: str | None = None,
+        temperature: float | None = None,
+        word_timestamps: bool = False,
+    ) -> list[Segment]:
+        """One piece's segments, on the clip's timeline (ids from 0: the caller numbers them)."""
         ...
 
 

@@ -8,12 +8,15 @@ from collections.abc import Iterable, Iterator
 
 import ctranslate2
 import faster_whisper
+import numpy as np
+from faster_whisper.transcribe import restore_speech_timestamps
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from registry.speech.engines.base import (
     CannotTranslate,
     EngineError,
     EngineSpec,
+    Piece,
     Samples,
     Segment,
     Task,
@@ -45,6 +48,28 @@ def has_speech(samples: Samples, vad: VadOptions, sample_rate: int = 16_000) -> 
         start += length
         length *= 2
     return False
+
+
+PIECE_S = 30.0  # a long clip's piece: at most this much speech, one Whisper window
+
+
+def pieces_of(spans: list[dict[str, int]], sample_rate: int = 16_000) -> list[Piece]:
+    """VAD's speech spans (each at most PIECE_S long) gathered in order into pieces of at most
+    PIECE_S of speech each."""
+    pieces: list[Piece] = []
+    length, limit = 0, int(PIECE_S * sample_rate)
+    for span in spans:
+        if not pieces or length + span["end"] - span["start"] > limit:
+            pieces.append([])
+            length = 0
+        pieces[-1].append(span)
+        length += span["end"] - span["start"]
+    return pieces
+
+
+def speech_of(samples: Samples, piece: Piece) -> Samples:
+    """A piece's speech, its stretches one after another (the silence between them left out)."""
+    return np.concatenate([samples[span["start"] : span["end"]] for span in piece])
 
 
 def resolve_device(device: str) -> str:
@@ -105,6 +130,79 @@ class WhisperEngine:
             "multilingual" if self.multilingual else "English-only",
         )
 
+    def _check(self, task: Task, language: str | None) -> None:
+        if language is not None and language not in self.languages:
+            if self.multilingual:
+                raise UnsupportedLanguage(f"Unsupported language {language!r}: this model does not know it.")
+            # faster-whisper would warn and silently transcribe as English instead.
+            raise UnsupportedLanguage(f"Unsupported language {language!r}: this model is English-only.")
+        if task == "translate" and not self.multilingual:
+            raise CannotTranslate(
+                "This model is English-only and cannot translate; use a multilingual model."
+            )
+
+    def plan(
+        self,
+        samples: Samples,
+        *,
+        task: Task = "transcribe",
+        language: str | None = None,
+        vad_parameters: dict[str, float] | None = None,
+    ) -> tuple[list[Piece], TranscriptionInfo]:
+        """Long audio's plan: the speech Silero VAD finds, in pieces of up to PIECE_S of speech (the
+        cut BatchedInferencePipeline makes), and the language, detected once on the first piece
+        (a multilingual model asked for none), so that every piece is heard in the same one.
+        Blocking. No speech: no pieces. Raises as `transcribe` does."""
+        self._check(task, language)
+        params = {k: v for k, v in (vad_parameters or {"min_silence_duration_ms": 160}).items()}
+        params.pop("max_speech_duration_s", None)
+        try:
+            vad = VadOptions(**params, max_speech_duration_s=PIECE_S)
+        except TypeError as exc:
+            raise EngineError(f"Unknown VAD parameter: {exc}") from exc
+        pieces = pieces_of(
+            get_speech_timestamps(samples, vad, sampling_rate=self.sample_rate), self.sample_rate
+        )
+        duration = len(samples) / self.sample_rate
+        if language is not None or not self.multilingual:
+            return pieces, TranscriptionInfo(
+                language=language or "en", language_probability=1.0, duration=duration
+            )
+        if not pieces:
+            return pieces, TranscriptionInfo(language="en", language_probability=0.0, duration=duration)
+        detected, probability, _ = self.model.detect_language(audio=speech_of(samples, pieces[0]))
+        return pieces, TranscriptionInfo(
+            language=detected, language_probability=float(probability), duration=duration
+        )
+
+    def transcribe_piece(
+        self,
+        samples: Samples,
+        piece: Piece,
+        *,
+        task: Task = "transcribe",
+        language: str = "en",
+        prompt: str | None = None,
+        temperature: float | None = None,
+        word_timestamps: bool = False,
+    ) -> list[Segment]:
+        """One piece of `plan`: its speech as one window, one segment (BatchedInferencePipeline's
+        decoding: `prompt` given, one temperature, else 0), on the clip's timeline. Blocking.
+        Pieces are independent, so several may be decoded at once (CTranslate2's workers)."""
+        speech = speech_of(samples, piece)
+        segments, _ = faster_whisper.BatchedInferencePipeline(self.model).transcribe(
+            speech,
+            task=task,
+            language=language,
+            initial_prompt=prompt or None,
+            temperature=0.0 if temperature is None else temperature,
+            word_timestamps=word_timestamps,
+            clip_timestamps=[{"start": 0.0, "end": len(speech) / self.sample_rate}],
+            batch_size=1,
+            without_timestamps=True,  # see `transcribe`
+        )
+        return list(_segments(restore_speech_timestamps(segments, piece, self.sample_rate)))
+
     def transcribe(
         self,
         samples: Samples,
@@ -132,15 +230,7 @@ class WhisperEngine:
         it in the worker thread. Raises EngineError for a language the model does not know, for
         `task="translate"` on an English-only model, and for unknown VAD parameters.
         """
-        if language is not None and language not in self.languages:
-            if self.multilingual:
-                raise UnsupportedLanguage(f"Unsupported language {language!r}: this model does not know it.")
-            # faster-whisper would warn and silently transcribe as English instead.
-            raise UnsupportedLanguage(f"Unsupported language {language!r}: this model is English-only.")
-        if task == "translate" and not self.multilingual:
-            raise CannotTranslate(
-                "This model is English-only and cannot translate; use a multilingual model."
-            )
+        self._check(task, language)
         try:
             vad_options = VadOptions(**vad_parameters) if vad_parameters else None
         except TypeError as exc:
