@@ -6,10 +6,10 @@
 Per model and clip (espeak-ng speech of a known text: a 60 s meeting notice; "5 min" is six such
 paragraphs 1.5 s apart; 35s is the notice's first half), warm, interleaved, the order rotating each round:
 
-- sequential: the gateway's engine, WhisperEngine.transcribe(batch_size=0): one 30 s window after
-  another, as the gateway decoded every clip before issue 14
-- batched N:  WhisperEngine.transcribe(batch_size=N): faster-whisper's BatchedInferencePipeline on the
-  same loaded model, over the pieces Silero VAD finds
+- sequential: the gateway's engine, WhisperEngine.transcribe(): one 30 s window after another, as
+  the gateway decoded every clip before issue 14
+- batched N:  faster-whisper's BatchedInferencePipeline on the same loaded model, over the pieces
+  Silero VAD finds, N at a time in one batch (what the gateway did before decoding pieces side by side)
 - gateway:    the openai SDK against a fresh gateway (daphne, SQLite, the starter registry), whose
   stt picks the path by duration (stt.LONG_FROM_S): pieces, stt.pieces_at_once() at a time
 - gateway before (with --before PATH): the same request to a gateway started from another checkout
@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faster_whisper
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repo root
@@ -216,7 +217,20 @@ def timed(segments_of: Callable[[], Iterable[Segment]]) -> Run:
 
 
 def engine_run(engine: WhisperEngine, samples: Samples, batch_size: int) -> Run:
-    return timed(lambda: engine.transcribe(samples, batch_size=batch_size)[0])
+    """The engine sequential (0), or the pieces VAD finds decoded N at a time in one batch: what the
+    gateway did for long audio before it decoded pieces side by side (faster-whisper's
+    BatchedInferencePipeline, one segment per piece, temperature 0)."""
+    if batch_size == 0:
+        return timed(lambda: engine.transcribe(samples)[0])
+
+    def batched() -> Iterable[Segment]:
+        decoded, _ = faster_whisper.BatchedInferencePipeline(engine.model).transcribe(
+            samples, temperature=0.0, vad_filter=True, batch_size=batch_size, without_timestamps=True
+        )
+        for s in decoded:
+            yield Segment(id=s.id, seek=s.seek, start=s.start, end=s.end, text=s.text)
+
+    return timed(batched)
 
 
 def pipeline_run(engine: WhisperEngine, model: str, samples: Samples) -> Run:

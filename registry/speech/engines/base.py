@@ -108,13 +108,11 @@ class SpeechToText(Protocol):
         word_timestamps: bool = False,
         vad_filter: bool = False,
         vad_parameters: dict[str, float] | None = None,
-        batch_size: int = 0,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """Start transcribing; segments are decoded lazily as the iterator is drained.
 
-        Audio without speech gives no segments. `batch_size` > 0 asks for the long-audio path:
-        the speech cut into pieces decoded that many at a time, segments still in order on the
-        original timeline; an engine without one may ignore it.
+        Audio without speech gives no segments. Long audio goes better through `plan` and
+        `transcribe_piece`.
 
         Raises UnsupportedLanguage, CannotTranslate, or EngineError for bad VAD parameters.
         """

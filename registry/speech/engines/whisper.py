@@ -199,7 +199,10 @@ class WhisperEngine:
             word_timestamps=word_timestamps,
             clip_timestamps=[{"start": 0.0, "end": len(speech) / self.sample_rate}],
             batch_size=1,
-            without_timestamps=True,  # see `transcribe`
+            # One segment per piece: with timestamps inside a piece, text after its last timestamp
+            # was lost ("Thank you all for listening", WER 0.054 instead of 0.012 on the 60 s bench
+            # clip) and neighbouring segments overlapped.
+            without_timestamps=True,
         )
         return list(_segments(restore_speech_timestamps(segments, piece, self.sample_rate)))
 
@@ -214,16 +217,13 @@ class WhisperEngine:
         word_timestamps: bool = False,
         vad_filter: bool = False,
         vad_parameters: dict[str, float] | None = None,
-        batch_size: int = 0,
     ) -> tuple[Iterator[Segment], TranscriptionInfo]:
         """Start transcribing 16 kHz mono float32 `samples`.
 
         Audio in which Silero VAD hears no speech (its threshold: `vad_parameters`' or 0.5) gives no
-        segments, without decoding: Whisper hears "You" in silence. `batch_size` 0 decodes one
-        30 s window after another (faster-whisper's WhisperModel.transcribe); N > 0 cuts the speech
-        VAD finds into pieces of up to 30 s and decodes N at a time (BatchedInferencePipeline on the
-        same model): one segment per piece, on the original timeline, the silence between pieces
-        skipped, one temperature (`temperature`, else 0: no fallback), `prompt` given to every piece.
+        segments, without decoding: Whisper hears "You" in silence. Otherwise one 30 s window after
+        another (faster-whisper's WhisperModel.transcribe). Long audio is better cut into pieces
+        (`plan`, `transcribe_piece`).
 
         Blocks for feature extraction, VAD and (with `language=None` on a multilingual model)
         language detection; the segments are decoded lazily while the iterator is drained, so drain
@@ -241,35 +241,16 @@ class WhisperEngine:
                 language_probability=1.0 if language or not self.multilingual else 0.0,
                 duration=len(samples) / self.sample_rate,
             )
-        if batch_size > 0:
-            # A pipeline per call: it keeps word-timing state on itself while it decodes. It wraps
-            # the loaded model (nothing is loaded again) and runs in the calling thread.
-            segments, info = faster_whisper.BatchedInferencePipeline(self.model).transcribe(
-                samples,
-                task=task,
-                language=language,
-                initial_prompt=prompt or None,
-                temperature=0.0 if temperature is None else temperature,
-                word_timestamps=word_timestamps,
-                vad_filter=True,  # how it finds the pieces; a copy: it edits the dict it is given
-                vad_parameters=dict(vad_parameters) if vad_parameters else None,
-                batch_size=batch_size,
-                # One segment per piece: with timestamps inside a piece, text after its last
-                # timestamp was lost ("Thank you all for listening", WER 0.054 instead of 0.012
-                # on the 60 s bench clip) and neighbouring segments overlapped.
-                without_timestamps=True,
-            )
-        else:
-            segments, info = self.model.transcribe(
-                samples,
-                task=task,
-                language=language,
-                initial_prompt=prompt or None,
-                temperature=_DEFAULT_TEMPERATURES if temperature is None else temperature,
-                word_timestamps=word_timestamps,
-                vad_filter=vad_filter,
-                vad_parameters=vad_options,
-            )
+        segments, info = self.model.transcribe(
+            samples,
+            task=task,
+            language=language,
+            initial_prompt=prompt or None,
+            temperature=_DEFAULT_TEMPERATURES if temperature is None else temperature,
+            word_timestamps=word_timestamps,
+            vad_filter=vad_filter,
+            vad_parameters=vad_options,
+        )
         return _segments(segments), TranscriptionInfo(
             language=info.language,
             language_probability=float(info.language_probability),
