@@ -292,3 +292,35 @@ def test_a_long_transcription_decodes_its_pieces_at_once_and_gives_them_in_order
     assert all(a.end <= b.start + 0.01 for a, b in zip(segments, segments[1:], strict=False))
     assert segments[-1].start >= seconds(first + silence(1.0) + second)  # the last piece: the clip's end
     assert wer(f"{FIRST} {SECOND} {FIRST}", result.text) <= WER_BOUND, result.text
+
+
+def test_a_long_transcription_in_a_context_holding_a_reservation_uses_it(registry, settings):
+    """A Realtime session holds a reservation; its long turn is transcribed on it even when the pool
+    has no room left for another (it was refused with ServerBusy before pieces lent it)."""
+    import asyncio
+
+    from registry import audit
+    from registry.speech import audio, stt, workers
+
+    settings.VOICEPROXY_QUEUE_LIMIT = 0
+    first = frames(speech(FIRST))
+    pcm = first + silence(1.0) + frames(speech(SECOND)) + silence(1.0) + first
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    mine, others = workers.reservation(), []
+    try:
+        while workers.in_flight() < workers.capacity():  # the rest of the pool taken
+            others.append(workers.reservation())
+
+        async def main() -> stt.Transcript:
+            workers.use(mine)
+            with audit.scope(method="TEST", endpoint="test/long-lent"):
+                return await stt.transcribe(
+                    api_key=None, source=audio.Pcm(samples, RATE), options=stt.SttOptions()
+                )
+
+        result = asyncio.run(main())
+        assert wer(f"{FIRST} {SECOND} {FIRST}", result.text) <= WER_BOUND, result.text
+        assert mine.open  # lent, not given back: the session still holds it
+    finally:
+        for reserved in [mine, *others]:
+            workers.release(reserved)

@@ -326,8 +326,10 @@ async def _long(
     """Long audio: the plan, then its pieces pieces_at_once() at a time, each a pool unit of this
     request (so they take turns with other requests' work), their segments given in order as the
     pieces before them are done. One reservation, taken first (or 503), covers every call, so a
-    transcription that starts is not refused half way; its overlapping pieces are admitted beside it."""
-    reserved = workers.reservation()
+    transcription that starts is not refused half way; its overlapping pieces are admitted beside it.
+    (A caller that holds a reservation already, a Realtime session, lends it instead.)"""
+    lent = workers.held()
+    reserved = lent or workers.reservation()
     context = contextvars.copy_context()
     context.run(workers.use, reserved)
     loop = asyncio.get_running_loop()
@@ -353,7 +355,8 @@ async def _long(
     finally:
         for task_ in running:
             task_.cancel()
-        workers.release(reserved)
+        if lent is None:
+            workers.release(reserved)
 
 
 @dataclass

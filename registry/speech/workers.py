@@ -90,6 +90,12 @@ def reservation() -> Reservation:
     return Reservation()
 
 
+def held() -> Reservation | None:
+    """The open reservation this context's pool calls use, if any (a Realtime session's, a reply's)."""
+    reserved = _reservation.get()
+    return reserved if reserved is not None and reserved.open else None
+
+
 def use(reserved: Reservation) -> None:
     """The pool calls of this context from now on (and of tasks it creates later) use `reserved`."""
     _reservation.set(reserved)
