@@ -247,9 +247,9 @@ class DeltaRedactor:
                 continue
             rest = text.flush()
             if where[1] == "tool":
-                delta.setdefault("tool_calls", []).append(
-                    {"index": where[2], "function": {"arguments": rest}}
-                )
+                if not isinstance(delta.get("tool_calls"), list):  # absent, or null as some send it
+                    delta["tool_calls"] = []
+                delta["tool_calls"].append({"index": where[2], "function": {"arguments": rest}})
             else:
                 delta[where[1]] = (delta.get(where[1]) or "") + rest
 

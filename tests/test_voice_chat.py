@@ -889,6 +889,16 @@ def test_text_held_back_still_goes_when_the_upstream_sends_no_finish_reason():
     said = [c["choices"][0]["delta"]["content"] for c in [*chunks, rest]]
     assert said == ["It was ", "", "sk-up"]
     assert redact.rest() is None  # given once
+    # Tool arguments held back go with the finish_reason, even in a chunk whose tool_calls is null.
+    calls = DeltaRedactor(UPSTREAM_KEY)
+    call = {"index": 0, "id": "c", "function": {"name": "f", "arguments": '{"k": "sk-up'}}
+    calls({"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]})
+    last = {"choices": [{"index": 0, "delta": {"tool_calls": None}, "finish_reason": "tool_calls"}]}
+    calls(last)
+    sent = (
+        call["function"]["arguments"] + last["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+    )
+    assert sent == '{"k": "sk-up'
 
 
 def test_a_malformed_event_in_a_text_stream_ends_it_with_an_api_error(client):
