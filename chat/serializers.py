@@ -18,7 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from registry.api.serializers import StrictCharField, VoiceField
+from registry.api.serializers import StrictBooleanField, StrictCharField, StrictIntegerField, VoiceField
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 AUDIO_IN_FORMATS = ("wav", "mp3")
@@ -30,29 +30,6 @@ AUDIO_OUT_FORMATS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus",
 class AudioBytes:
     data: bytes
     digest: str  # sha256 of data: the transcript cache's key
-
-
-class StrictBooleanField(serializers.Field):
-    """JSON true/false (or null) only: the raw value is forwarded, so "yes" must not pass as true."""
-
-    default_error_messages = {"invalid": "Must be a boolean."}
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid")
-        return data
-
-    def to_representation(self, value: Any) -> Any:
-        return value
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer, not a numeric string nor a boolean."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if not isinstance(data, int) or isinstance(data, bool):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 @extend_schema_field({"type": "array", "items": {"type": "string", "enum": ["text", "audio"]}})

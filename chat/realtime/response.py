@@ -412,11 +412,7 @@ class Response:
                 await self.send(error_event(error))
             record.usage.tokens = self.tokens
             item_status = "completed" if status == "completed" else "incomplete"
-            if self.message is not None and not self._done(self.message.item):
-                await self.message.close(item_status)
-            for index in sorted(self.calls):
-                if not self._done(self.calls[index].item):
-                    await self.calls[index].close(item_status)
+            await self._close_open(item_status)
             await self.send({"type": "response.done", "response": self.render(status, details)})
             if status == "cancelled":
                 record.finish(audit.CLIENT_CLOSED)
@@ -458,15 +454,20 @@ class Response:
     def _done(self, item: Item) -> bool:
         return any(closed is item for closed in self.closed)
 
+    async def _close_open(self, status: str, before: int | None = None) -> None:
+        """Close the items still open (those before output index `before`, when given), the message
+        first, then the calls in order."""
+        items: list[_Message | _Call] = [self.message] if self.message is not None else []
+        for open_item in [*items, *(self.calls[index] for index in sorted(self.calls))]:
+            if (before is None or open_item.output_index < before) and not self._done(open_item.item):
+                await open_item.close(status)
+
     async def _close_before(self, output_index: int) -> None:
         """Close the items before a new one, as OpenAI gives them: a message (spoken to its end)
         is done before the function call that follows it, and one call before the next."""
         if self.message is not None and not self._done(self.message.item):
             await self.message.finish()
-            await self.message.close("completed")
-        for call in self.calls.values():
-            if call.output_index < output_index and not self._done(call.item):
-                await call.close("completed")
+        await self._close_open("completed", before=output_index)
 
     async def _delta(self, delta: dict[str, Any]) -> None:
         for call in delta.get("tool_calls") or []:

@@ -174,6 +174,29 @@ class VoiceField(serializers.Field):
         return value
 
 
+class StrictBooleanField(serializers.Field):
+    """JSON true/false (or null) only: the raw value is forwarded, so "yes" must not pass as true."""
+
+    default_error_messages = {"invalid": "Must be a boolean."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer, not a numeric string nor a boolean."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class StrictCharField(serializers.CharField):
     """A JSON string, not a number or a boolean turned into one (OpenAI refuses `"input": 123`).
     For JSON bodies only: a form's fields are all strings."""

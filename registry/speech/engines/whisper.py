@@ -154,7 +154,7 @@ class WhisperEngine:
         (a multilingual model asked for none), so that every piece is heard in the same one.
         Blocking. No speech: no pieces. Raises as `transcribe` does."""
         self._check(task, language)
-        params = {k: v for k, v in (vad_parameters or {"min_silence_duration_ms": 160}).items()}
+        params = dict(vad_parameters or {"min_silence_duration_ms": 160})  # BatchedInferencePipeline's
         params.pop("max_speech_duration_s", None)
         try:
             vad = VadOptions(**params, max_speech_duration_s=PIECE_S)
